@@ -21,7 +21,7 @@ import time
 
 from pydantic import BaseModel, Field
 
-from agent.client import ContextLengthExceeded, TooManyImages
+from agent.models.vllm import ContextLengthExceeded, TooManyImages
 from agent.history import (CONDENSED_HEADER, CurrentView, HistoryError, ImageCache, Layout, Turn, TurnCosts,
                            omitted_note, render_messages)
 from agent.tokens import (GENERATION_PROMPT_TOKENS, IMAGE_WRAPPER_TOKENS, MESSAGE_OVERHEAD_TOKENS, Calibration,

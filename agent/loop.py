@@ -14,7 +14,7 @@ from actions.executor import FailSafeTriggered
 from actions.parser import parse_summary
 from actions.types import Action, ActionParseError, Done, Fail, describe
 from agent.budget import ContextBudget
-from agent.client import ContextLengthExceeded, ModelClient, TooManyImages, VARIANTS
+from agent.models.vllm import ContextLengthExceeded, ModelClient, TooManyImages, VARIANTS
 from agent.history import CurrentView, Turn
 from agent.hooks import AgentHooks, HookDecision, StepContext
 from agent.reply import ModelReply, Usage

@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.baseline import BaselineServer  # noqa: E402
-from agent.client import VLLMClient, image_part  # noqa: E402
+from agent.models.baseline import BaselineServer  # noqa: E402
+from agent.models.vllm import VLLMClient, image_part  # noqa: E402
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 

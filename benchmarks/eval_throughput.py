@@ -20,9 +20,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.client import VLLMClient
-from agent.eval_screenspot import RunSettings, load_prompt, run_eval
-from envs.screenspot import load_dataset
+from agent.models.vllm import VLLMClient
+from agent.evals.screenspot import RunSettings, load_prompt, run_eval
+from agent.evals.screenspot_data import load_dataset
 
 SERVER_BOOT = "from tests.loopback import main; main()"  # a separate process, like a real server
 

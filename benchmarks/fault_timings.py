@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.client import ServerError, VLLMClient  # noqa: E402
+from agent.models.vllm import ServerError, VLLMClient  # noqa: E402
 from tests.e2e_support import cli  # noqa: E402
 from tests.fault_server import Fault, FaultServer  # noqa: E402
 from tests.loopback import Reply  # noqa: E402

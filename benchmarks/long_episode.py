@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from PIL import Image, ImageDraw  # noqa: E402
 
 from agent.budget import ContextBudget  # noqa: E402
-from agent.client import ContextLengthExceeded, TooManyImages, VLLMClient  # noqa: E402
+from agent.models.vllm import ContextLengthExceeded, TooManyImages, VLLMClient  # noqa: E402
 from agent.history import CurrentView, Turn  # noqa: E402
 
 SYSTEM = ("You are a GUI agent operating a Linux desktop. For each screenshot, think, then answer with "

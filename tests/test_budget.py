@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from agent.budget import BudgetExceeded, ContextBudget
-from agent.client import ContextLengthExceeded, TooManyImages, VLLMClient
+from agent.models.vllm import ContextLengthExceeded, TooManyImages, VLLMClient
 from agent.history import CONDENSED_HEADER, CurrentView, HistoryError, Turn
 from tests.loopback import LoopbackServer
 

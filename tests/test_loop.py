@@ -6,7 +6,7 @@ import json
 import pytest
 
 from actions.types import Click, Point
-from agent.client import VLLMClient
+from agent.models.vllm import VLLMClient
 from agent.hooks import AgentHooks, HookDecision
 from agent.loop import Agent, AgentConfig
 from agent.trajectory import read_info, read_trajectory

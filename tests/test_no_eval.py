@@ -18,7 +18,7 @@ from actions.codegen import osworld_action, to_pyautogui_code
 from actions.coords import Monitor, to_screen
 from actions.parser import parse_reply, parse_summary
 from actions.types import ActionParseError, TypeText
-from agent.client import VLLMClient
+from agent.models.vllm import VLLMClient
 from agent.loop import Agent, AgentConfig
 from agent.trajectory import read_trajectory
 from tests.e2e_support import ROOT, kimi_reply
@@ -33,9 +33,9 @@ DANGEROUS_ATTRIBUTES = {("importlib", "import_module"), ("os", "system"), ("os",
                         ("code", "interact"), ("ctypes", "CDLL")}
 # Each exception names the file and the constant it is limited to.
 ALLOWED = {
-    ("agent/cli.py", "importlib.import_module"): "imports the modules named in the constant COMMAND_MODULES",
+    ("agent/cli/main.py", "importlib.import_module"): "imports the modules named in the constant COMMAND_MODULES",
     ("envs/encoding.py", "__import__"): "probes the optional module named in the constant ENCODERS table",
-    ("envs/local_tasks.py", "subprocess with shell=True"): "setup commands from task files written by the task "
+    ("agent/evals/local_tasks.py", "subprocess with shell=True"): "setup commands from task files written by the task "
                                                             "author (shell only when the task asks for it)",
 }
 

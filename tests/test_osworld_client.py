@@ -17,7 +17,7 @@ import pytest
 
 from actions.types import Click, Hotkey, Point, TypeText, Wait
 from envs.base import Environment
-from envs.local_tasks import APPS_DIR
+from agent.evals.local_tasks import APPS_DIR
 from envs.osworld_client import OSWorldServerClient, OSWorldServerError, OSWorldVMEnvironment, png_size
 from envs.xvfb import VirtualDisplay
 from tests.osworld_server import OSWorldServer, ServerSourceUnavailable

@@ -97,7 +97,7 @@ def test_unknown_keys_are_parse_errors(bad):
 
 
 def run_cli(stdin: str, *args: str) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run([sys.executable, "-m", "agent.cmd_parse", *args], check=False, input=stdin, text=True,
+    return subprocess.run([sys.executable, "-m", "agent.cli.parse", *args], check=False, input=stdin, text=True,
                           capture_output=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
 
 

@@ -1,0 +1,144 @@
+"""``kimi-cua eval local TASKS`` and ``kimi-cua eval osworld --osworld-dir DIR``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from agent.models.vllm import DEFAULT_BASE_URL
+from agent.evals.osworld import (
+    ExampleRef,
+    LocalRunOptions,
+    LocalTaskResult,
+    OSWorldOptions,
+    OSWorldUnavailable,
+    collect_results,
+    domain_table,
+    format_table,
+    import_desktop_env,
+    load_meta,
+    pending,
+    run_local_suite,
+    run_osworld,
+)
+from agent.evals.local_tasks import TaskError, load_tasks
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+        return width, height
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 1920x1080, not {text!r}") from None
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model server")
+    g.add_argument("--base-url", default=DEFAULT_BASE_URL, help=f"OpenAI-compatible server (default {DEFAULT_BASE_URL})")
+    g.add_argument("--model", help="served model name (default: discovered from /v1/models)")
+    g.add_argument("--api-key", help="bearer token, if the server wants one")
+
+
+def register_eval(sub: argparse._SubParsersAction) -> None:
+    local = sub.add_parser("local", help="OSWorld-format tasks on private Xvfb desktops (no VM)",
+                           description="Run OSWorld-format task files, each on its own Xvfb desktop, and score them. "
+                                       "TASKS: a task file, a folder of them, or 'builtin' for the shipped suite.")
+    local.add_argument("tasks", metavar="TASKS", help="task .json, folder, or 'builtin'")
+    local.add_argument("--out", type=Path, help="results folder (default: runs/local-<timestamp>)")
+    local.add_argument("--max-steps", type=int, default=15, help="steps per task (default 15)")
+    local.add_argument("--size", type=_size, default=(1280, 720), help="desktop size WxH (default 1280x720)")
+    _model_arguments(local)
+    local.set_defaults(handler=run_local_command)
+
+    osw = sub.add_parser("osworld", help="OSWorld examples through desktop_env (inside OSWorld's environment)",
+                         description="Run OSWorld examples with our agent through desktop_env.DesktopEnv. Must run in "
+                                     "OSWorld's Python environment. Writes OSWorld's result layout; finished examples "
+                                     "(with result.txt) are skipped on re-run.")
+    osw.add_argument("--osworld-dir", type=Path, required=True, help="the OSWorld checkout")
+    osw.add_argument("--test-meta", type=Path, default=Path("evaluation_examples/test_all.json"),
+                     help="domain -> example ids, relative to --osworld-dir (default evaluation_examples/test_all.json)")
+    osw.add_argument("--domain", default="all", help="only this domain (default all)")
+    osw.add_argument("--result-dir", type=Path, default=Path("results"), help="results root (default ./results)")
+    osw.add_argument("--num-envs", type=int, default=1, help="parallel environments, one process each (default 1)")
+    osw.add_argument("--provider", default="vmware", help="DesktopEnv provider: vmware, virtualbox, docker, aws, ...")
+    osw.add_argument("--path-to-vm", help="VM image path (vmware/virtualbox)")
+    osw.add_argument("--region", help="cloud region (aws, ...)")
+    osw.add_argument("--screen-size", type=_size, default=(1920, 1080), help="VM screen WxH (default 1920x1080)")
+    osw.add_argument("--headless", action="store_true", help="run VMs without a window")
+    osw.add_argument("--max-steps", type=int, default=15, help="steps per example (default 15, as OSWorld)")
+    osw.add_argument("--sleep-after-execution", type=float, default=2.0, help="seconds after each action (default 2)")
+    osw.add_argument("--settle-after-reset", type=float, default=60.0, help="seconds after reset (default 60)")
+    osw.add_argument("--model-name", default="kimi-vl", help="folder name under the results root (default kimi-vl)")
+    _model_arguments(osw)
+    osw.set_defaults(handler=run_osworld_command)
+
+
+def run_local_command(args: argparse.Namespace) -> int:
+    try:
+        items = load_tasks(args.tasks)
+    except TaskError as exc:
+        print(f"kimi-cua eval local: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or Path("runs") / f"local-{datetime.now():%Y%m%d-%H%M%S}"
+    options = LocalRunOptions(out_dir=out, base_url=args.base_url, model=args.model, api_key=args.api_key,
+                              max_steps=args.max_steps, width=args.size[0], height=args.size[1])
+
+    def show(result: LocalTaskResult) -> None:
+        note = f"  ({result.error})" if result.error else ""
+        print(f"{result.domain}/{result.task_id}: score {result.score:g}, {result.status} after {result.steps} "
+              f"steps, {result.seconds:.0f} s{note}", flush=True)
+
+    print(f"{len(items)} tasks -> {out}", flush=True)
+    results = run_local_suite(items, options, on_result=show)
+    print(format_table(domain_table((r.domain, r.score) for r in results)))
+    print(f"per task: {out / 'results.jsonl'}; summary: {out / 'summary.json'}")
+    return 0 if all(r.error is None for r in results) else 1
+
+
+def run_osworld_command(args: argparse.Namespace) -> int:
+    if args.num_envs < 1:
+        print("kimi-cua eval osworld: --num-envs must be at least 1", file=sys.stderr)
+        return 2
+    env_kwargs = {"provider_name": args.provider, "action_space": "pyautogui", "screen_size": args.screen_size,
+                  "headless": args.headless, "os_type": "Ubuntu", "require_a11y_tree": False}
+    if args.path_to_vm:
+        env_kwargs["path_to_vm"] = args.path_to_vm
+    if args.region:
+        env_kwargs["region"] = args.region
+    options = OSWorldOptions(
+        osworld_dir=args.osworld_dir, test_meta=args.test_meta, result_dir=args.result_dir, domain=args.domain,
+        model_name=args.model_name, max_steps=args.max_steps, sleep_after_execution=args.sleep_after_execution,
+        settle_after_reset=args.settle_after_reset, num_envs=args.num_envs, env_kwargs=env_kwargs,
+        agent_kwargs={"base_url": args.base_url, "model": args.model, "api_key": args.api_key})
+    try:
+        refs = load_meta(options)
+    except TaskError as exc:
+        print(f"kimi-cua eval osworld: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import_desktop_env()
+    except OSWorldUnavailable as exc:
+        print(f"kimi-cua eval osworld: {exc}", file=sys.stderr)
+        return 2
+    todo = len(pending(refs, options))
+    print(f"{len(refs)} examples, {len(refs) - todo} already finished, {todo} to run on {args.num_envs} env(s)")
+    from tqdm import tqdm
+
+    failures: list[str] = []
+    with tqdm(total=todo, unit="example") as bar:
+        def done(ref: ExampleRef, score: float | None, error: str | None) -> None:
+            if error:
+                failures.append(f"{ref.domain}/{ref.example_id}: {error}")
+            bar.set_postfix_str(f"{ref.domain} {'error' if error else score}")
+            bar.update(1)
+
+        try:
+            run_osworld(options, done)
+        except OSWorldUnavailable as exc:
+            print(f"kimi-cua eval osworld: {exc}", file=sys.stderr)
+            return 2
+    print(format_table(domain_table(collect_results(options))))
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if failures else 0

@@ -1,0 +1,192 @@
+"""``kimi-cua run "TASK"``: run the agent on a desktop."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from actions.types import describe
+from agent.models.vllm import DEFAULT_BASE_URL, ModelClient, RetryEvent, ServerError, ServerUnreachable, VLLMClient
+from agent.cli.environments import add_env_arguments, env_options_from, open_environment
+from agent.debug.step_through import BREAK_TYPES, StepThrough
+from agent.safety.guards import add_guard_arguments, guard_hooks
+from agent.hooks import AgentHooks, HookChain
+from agent.loop import Agent, AgentConfig
+from agent.safety.policy import SafetyConfigError
+from agent.trajectory import StepRecord, default_run_dir, read_info
+from envs.base import DisplayError
+
+
+class ConfigError(ValueError):
+    """Flags that do not fit together."""
+
+
+class StepPrinter(AgentHooks):
+    """The live display: one line per step, optionally the thinking as it streams."""
+
+    def __init__(self, max_steps: int, stream: TextIO = sys.stderr, show_thinking: bool = False) -> None:
+        self.max_steps, self.out, self.show_thinking = max_steps, stream, show_thinking
+        self._chars = 0
+
+    def on_step_start(self, step: int, observation: object) -> None:
+        self._chars = 0
+        if self.show_thinking:
+            self.out.write(f"--- step {step} ---\n")
+
+    def on_delta(self, text: str) -> None:
+        self._chars += len(text)
+        if self.show_thinking:
+            self.out.write(text)
+            self.out.flush()
+        elif self.out.isatty():
+            self.out.write(f"\r  thinking... {self._chars} chars")
+            self.out.flush()
+
+    def on_step_end(self, record: StepRecord) -> None:  # type: ignore[override]
+        if self.out.isatty() and not self.show_thinking:
+            self.out.write("\r\033[K")
+        what = "; ".join(describe(a) for a in record.actions) or "no action"
+        if record.parse_error:
+            what = f"unparseable answer: {record.parse_error[:80]}"
+        state = "ok" if record.result.ok and not record.parse_error else "FAILED"
+        if record.result.error:
+            state += f" ({record.result.error[:60]})"
+        model_s = record.timings.get("model_ms", 0) / 1000
+        budget = record.budget or {}
+        tokens = record.usage.prompt_tokens or budget.get("estimated_prompt_tokens", 0)
+        lead = "\n" if self.show_thinking else ""
+        line = (f"{lead}step {record.step}/{self.max_steps} | {what} | {state} | "
+                f"model {model_s:.1f}s | {tokens:,} prompt tokens, {budget.get('images_sent', '?')} images")
+        if record.result.settle_ms is not None:
+            line += f" | settle {record.result.settle_ms:.0f} ms"
+        self.out.write(line + "\n")
+        self.out.flush()
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model server")
+    g.add_argument("--backend", choices=["vllm", "transformers"], default="vllm",
+                   help="vllm: an OpenAI-compatible server (default); transformers: load --model DIR in process")
+    g.add_argument("--base-url", default=DEFAULT_BASE_URL, help=f"OpenAI-compatible server (default {DEFAULT_BASE_URL})")
+    g.add_argument("--model", help="served model name (default: discovered from /v1/models)")
+    g.add_argument("--api-key", help="bearer token, if the server wants one")
+    g.add_argument("--variant", choices=["thinking-2506", "thinking", "instruct"],
+                   help="sampling defaults and image rule (default: guessed from the model name)")
+    g.add_argument("--temperature", type=float, help="default: 0.8 thinking-2506, 0.6 thinking, 0.2 instruct")
+    g.add_argument("--max-tokens", type=int, help="reply limit per step (default 8192 thinking, 1024 instruct)")
+    g.add_argument("--model-dir", type=Path, help="local copy of the model files (tokenizer, preprocessor_config.json) "
+                   "for exact token counts; nothing is downloaded")
+    g.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one reply (default 300)")
+    g.add_argument("--retries", type=int, default=3, help="retries of transient server faults (default 3)")
+
+
+def client_from(args: argparse.Namespace) -> ModelClient:
+    if getattr(args, "backend", "vllm") == "transformers":
+        if not args.model:
+            raise ConfigError("--backend transformers needs --model DIR (a local Kimi-VL checkpoint)")
+        from agent.models.transformers import TransformersClient
+
+        return TransformersClient(args.model, variant=args.variant or "thinking-2506")
+    return VLLMClient(args.base_url, model=args.model, api_key=args.api_key, timeout=args.timeout,
+                      retries=args.retries, variant=args.variant, on_retry=_print_retry)
+
+
+def _print_retry(event: RetryEvent) -> None:
+    print(f"kimi-cua: server fault, retry {event.attempt}/{event.of} in {event.wait_s:.1f}s: {event.error}",
+          file=sys.stderr)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the agent on a task", description="Run the agent on a desktop until it "
+                       "finishes (exit 0), fails or runs out of steps (exit 1). Exit 2: bad usage or configuration.")
+    p.add_argument("task", nargs="?", help="what the agent should do, in words (omit with --resume)")
+    add_model_arguments(p)
+    add_env_arguments(p)
+    add_guard_arguments(p)
+    g = p.add_argument_group("run")
+    g.add_argument("--max-steps", type=int, default=30, help="give up after this many steps (default 30)")
+    g.add_argument("--out", type=Path, help="run directory (default: runs/<timestamp>)")
+    g.add_argument("--resume", type=Path, metavar="DIR", help="continue the run recorded in DIR (task and "
+                   "history come from it)")
+    g.add_argument("--coords", choices=["auto", "normalized", "pixels"], default="auto",
+                   help="how to read model coordinates (default auto: all <= 1 means normalized)")
+    g.add_argument("--max-images", type=int, default=64, help="screenshots per request; match vLLM's "
+                   "--limit-mm-per-prompt (default 64)")
+    g.add_argument("--max-context", type=int, help="context tokens (default: the server's max_model_len)")
+    g.add_argument("--reply-reserve", type=int, help="tokens kept free for the reply (default: --max-tokens)")
+    g.add_argument("--no-stream", action="store_true", help="do not stream replies")
+    g.add_argument("--show-thinking", action="store_true", help="print the model's output live as it streams")
+    g.add_argument("--step", action="store_true", help="step through: before every action show the step and an "
+                   "annotated screenshot, then execute, edit, skip, retry, continue N, break TYPE or stop (type help)")
+    g.add_argument("--break-on", action="append", default=[], metavar="TYPE", choices=BREAK_TYPES,
+                   help="step through, but pause only before actions of TYPE (repeatable; 'error' = unparseable)")
+    p.set_defaults(handler=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        info = read_info(args.resume)
+        if info is None:
+            print(f"kimi-cua: {args.resume} has no run.json: not a kimi-cua run directory", file=sys.stderr)
+            return 2
+        args.task = args.task or info.task
+        args.out = args.resume
+    if not args.task:
+        print("kimi-cua: run needs a TASK (or --resume DIR)", file=sys.stderr)
+        return 2
+    args.out = args.out or default_run_dir()
+    try:
+        client = client_from(args)
+        try:
+            client.models()  # fail fast (within the connect timeout) when no server answers
+        except ServerUnreachable:
+            raise
+        except ServerError:
+            if not args.model:
+                raise
+            # A server without /v1/models still works when the model is named.
+        model = client.model
+    except (ServerUnreachable, ServerError, ConfigError) as exc:
+        print(f"kimi-cua: {exc}", file=sys.stderr)
+        return 2
+    config = AgentConfig(max_steps=args.max_steps, out_dir=args.out, coordinate_mode=args.coords,
+                         variant=args.variant, temperature=args.temperature, max_tokens=args.max_tokens,
+                         stream=not args.no_stream, max_context=args.max_context, max_images=args.max_images,
+                         reply_reserve=args.reply_reserve,
+                         model_dir=args.model_dir or (Path(args.model) if args.backend == "transformers" else None))
+    stepper = None
+    if args.step or args.break_on:
+        stepper = StepThrough(sys.stdin, sys.stderr, break_on=args.break_on, coordinate_mode=args.coords,
+                              run_until_break=bool(args.break_on) and not args.step)
+    try:
+        switch, guards = guard_hooks(args, confirm=stepper.confirm if stepper else None)
+    except SafetyConfigError as exc:
+        print(f"kimi-cua: {exc}", file=sys.stderr)
+        return 2
+    # Guards first: a refused or stopped action never reaches the debugger's "execute".
+    hooks: list[AgentHooks] = [*guards, StepPrinter(args.max_steps, show_thinking=args.show_thinking),
+                               *([stepper] if stepper else [])]
+    print(f"kimi-cua: {model} at {client.base_url}, task: {args.task}", file=sys.stderr)
+    started = False
+    resume_hint = f"kimi-cua: the trajectory is saved; continue with: kimi-cua run --resume {args.out}"
+    try:
+        with switch.installed(), open_environment(env_options_from(args)) as env:
+            agent = Agent(env, client, config, hooks=HookChain(hooks))
+            started = True
+            result = agent.run(args.task, resume=args.resume is not None)
+    except DisplayError as exc:
+        print(f"kimi-cua: {exc}" + (f"\n{resume_hint}" if started else ""), file=sys.stderr)
+        return 1 if started else 2
+    except (FileExistsError, ValueError) as exc:
+        print(f"kimi-cua: {exc}", file=sys.stderr)
+        return 2
+    except ServerError as exc:
+        print(f"kimi-cua: {exc}\n{resume_hint}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(f"kimi-cua: {result.status} after {result.steps} steps"
+          + (f", answer: {result.answer}" if result.answer else "")
+          + (f" ({result.error})" if result.error else "") + f"; trajectory in {result.out_dir}", file=sys.stderr)
+    return 0 if result.status == "done" else 1

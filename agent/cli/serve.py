@@ -1,0 +1,86 @@
+"""``kimi-cua serve``: arguments and printing; the launcher itself is ``agent.models.serve``."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from agent.models import serve as launcher
+
+
+def _run_baseline(args: argparse.Namespace) -> int:
+    from agent.models.baseline import BaselineServer, OcrUnavailable
+
+    host = "127.0.0.1" if args.host == "0.0.0.0" and not args.public else args.host
+    try:
+        launcher.ensure_port_free(host, args.port)
+        server = BaselineServer(host, args.port, verbose=args.verbose)
+        server.warm_up()  # fail before serving when the OCR engine is missing
+    except (launcher.ServeError, OcrUnavailable) as exc:
+        print(f"kimi-cua serve: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, OcrUnavailable) else 1
+    print(f"baseline OCR grounder ready at {server.base_url} (model {server.model_name}); Ctrl-C stops it")
+    print(f"client flags: --base-url {server.base_url}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def handle(args: argparse.Namespace) -> int:
+    if args.baseline:
+        return _run_baseline(args)
+    try:
+        if not args.dry_run:
+            launcher.ensure_port_free(args.host, args.port)
+            launcher.ensure_vllm_installed()
+        gpu_gb = args.gpu_memory_gb
+        if gpu_gb is None and not (args.max_model_len and args.max_num_seqs and args.dry_run):
+            gpu_gb = launcher.detect_gpu_memory_gb(args.tensor_parallel_size)
+        plan = launcher.make_plan(args, gpu_gb)
+        flavour = launcher.vllm_flavour(args.vllm_version)
+    except launcher.ServeError as exc:
+        print(f"kimi-cua serve: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, launcher.NoGpu) and args.dry_run else 1
+    command = launcher.vllm_command(plan, flavour)
+    if warning := launcher.flash_attn_warning():
+        print(warning, file=sys.stderr)
+    if args.dry_run:
+        assumed = "" if flavour.installed else " (vLLM not installed: flags spelled for this version)"
+        print(f"# {plan.variant}, memory mode {plan.mode}, vLLM {flavour.version}{assumed}", file=sys.stderr)
+        print(shlex.join(command))
+        print(f"# client flags: {plan.client_flags()}", file=sys.stderr)
+        return 0
+    log_path = Path(args.log_file or Path(tempfile.gettempdir()) / f"kimi-cua-vllm-{plan.port}.log")
+    return launcher.launch(plan, command, log_path=log_path, startup_timeout=args.startup_timeout)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start vLLM for a Kimi-VL variant (or the CPU baseline grounder)",
+                       description="Start vLLM with flags that work for Kimi-VL, wait until it is healthy, and print "
+                       "the base URL and matching client flags. Exit 1 on a start failure, 2 on bad usage.")
+    p.add_argument("--variant", choices=sorted(launcher.VARIANTS), default="thinking-2506",
+                   help="Kimi-VL-A3B variant (default thinking-2506)")
+    p.add_argument("--model", help="local model directory or hub id (default: the variant's moonshotai repo)")
+    p.add_argument("--served-model-name", help="name clients use (default e.g. kimi-vl-thinking-2506)")
+    p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs to shard over (default 1)")
+    size = p.add_argument_group("sizing (default: from the GPU memory nvidia-smi reports)")
+    size.add_argument("--gpu-memory-gb", type=float, help="memory of the GPU(s) instead of asking nvidia-smi: "
+                      "24 -> 64K context, 4 seqs; 32 -> 128K, 8 seqs; 48+ -> 128K, 16 seqs")
+    size.add_argument("--max-model-len", type=int, help="context tokens (overrides the memory mode)")
+    size.add_argument("--max-images", type=int, help="images per prompt (--limit-mm-per-prompt)")
+    size.add_argument("--max-num-seqs", type=int, help="concurrent sequences")
+    size.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory vLLM may take")
+    p.add_argument("--vllm-version", help="spell flags for this vLLM version when vLLM is not installed (dry run)")
+    p.add_argument("--vllm-arg", action="append", metavar="ARG", help="extra argument passed to vllm (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the vllm command and exit")
+    p.add_argument("--startup-timeout", type=float, default=1800.0, help="seconds to wait for /health (default 1800)")
+    p.add_argument("--log-file", help="vLLM's output (default: $TMPDIR/kimi-cua-vllm-PORT.log)")
+    base = p.add_argument_group("CPU baseline")
+    base.add_argument("--baseline", action="store_true", help="serve the built-in OCR grounder instead of vLLM "
+                      "(CPU only, no download; binds 127.0.0.1 unless --public)")
+    base.add_argument("--public", action="store_true", help="let the baseline listen on --host")
+    base.add_argument("--verbose", action="store_true", help="log each baseline request")
+    p.set_defaults(handler=handle)

@@ -1,0 +1,1 @@
+"""Looking at and re-running runs: step-through, reports, replay, screenshot annotation."""

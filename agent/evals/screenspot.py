@@ -1,0 +1,485 @@
+"""ScreenSpot-family grounding evaluation: concurrent requests, resumable results, upstream metrics.
+
+``DIR/results.jsonl`` gets one line per finished sample (appended and flushed as each answer arrives), so a
+killed run loses only the requests in flight and a re-run skips what is done. Samples whose request failed
+at the server are not written: the next run retries them. ``DIR/summary.json`` holds ScreenSpot-Pro's
+metric tables (``num_correct_action, num_total, wrong_format_num, action_acc, text_acc, icon_acc``) for the
+whole set and every upstream breakdown; ``DIR/failures.html`` draws the box and the predicted point.
+"""
+from __future__ import annotations
+
+import html
+import io
+import itertools
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from string import Template
+from typing import Any, Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+import prompts
+from actions.coords import Monitor, OutOfScreenError, reading_of, to_screen
+from actions.types import ActionParseError, action_points
+from agent.models.vllm import ModelClient, ServerError, image_part
+from agent.reply import ModelReply
+from agent.evals.screenspot_data import Correctness, Dataset, PredictedPoint, Sample, SampleTags, Target, score
+
+PROMPTS = {"kimi": "grounding_kimi", "screenspot-pro-kimivl": "grounding_sspro"}
+RESULTS_FILE, SUMMARY_FILE, FAILURES_FILE, RUN_FILE = "results.jsonl", "summary.json", "failures.html", "run.json"
+MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
+
+class EvalError(RuntimeError):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+# ---- prompts ---------------------------------------------------------------------------------------
+class GroundingPrompt(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    system: str | None
+    user: str  # string.Template with $instruction
+
+    def messages(self, instruction: str, image: dict[str, Any]) -> list[dict[str, Any]]:
+        text = Template(self.user).safe_substitute(instruction=instruction)
+        out: list[dict[str, Any]] = [{"role": "system", "content": self.system}] if self.system else []
+        out.append({"role": "user", "content": [image, {"type": "text", "text": text}]})
+        return out
+
+
+def load_prompt(name_or_path: str) -> GroundingPrompt:
+    """A built-in prompt (``kimi``, ``screenspot-pro-kimivl``) or a file with ``[system]``/``[user]`` sections."""
+    if name_or_path in PROMPTS:
+        text = prompts.load(PROMPTS[name_or_path])
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise EvalError(f"--prompt {name_or_path!r}: neither a built-in prompt ({', '.join(PROMPTS)}) "
+                            "nor a file")
+        text = path.read_text(encoding="utf-8")
+    sections: dict[str, list[str]] = {}
+    current = "user"
+    for line in text.splitlines():
+        if line.strip() in ("[system]", "[user]"):
+            current = line.strip()[1:-1]
+            sections[current] = []
+        else:
+            sections.setdefault(current, []).append(line)
+    user = "\n".join(sections.get("user", [])).strip("\n")
+    if "$instruction" not in user and "${instruction}" not in user:
+        raise EvalError(f"prompt {name_or_path!r}: the [user] section has no $instruction placeholder")
+    system = "\n".join(sections.get("system", [])).strip("\n") or None
+    return GroundingPrompt(name=name_or_path, system=system, user=user)
+
+
+# ---- one sample ------------------------------------------------------------------------------------
+class SampleResult(SampleTags):
+    """One line of results.jsonl."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    instruction: str
+    image: str
+    image_size: tuple[int, int]
+    point: tuple[float, float] | None = None  # predicted point in image pixels
+    target: Target
+    correctness: Correctness
+    correct: bool
+    answer: str  # raw model text (thinking included)
+    latency_ms: float
+    error: str | None = None  # why the answer had no usable point
+
+
+class RunSettings(BaseModel):
+    """What a results directory was produced with; a resume must match it."""
+
+    benchmark: str
+    data: str
+    prompt: str
+    language: Literal["en", "cn"] = "en"
+    model: str
+    temperature: float
+    max_tokens: int | None
+
+
+def _image_size(data: bytes, path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width, im.height
+    except Exception as exc:  # noqa: BLE001 - any decoder error means the same to the user
+        raise EvalError(f"{path}: not a readable image ({exc})") from None
+
+
+_NUMBER = r"(-?\d+(?:\.\d+)?)"
+_NEGATIVE_POINT = re.compile(rf"x\s*=\s*{_NUMBER}\s*,\s*y\s*=\s*{_NUMBER}|\[\s*{_NUMBER}\s*,\s*{_NUMBER}\s*[,\]]")
+
+
+def _negative_point(text: str) -> tuple[float, float] | None:
+    """The first point written with both coordinates negative (OSWorld-G's way to say "not there")."""
+    for m in _NEGATIVE_POINT.finditer(text):
+        values = [float(v) for v in m.groups() if v is not None]
+        if len(values) == 2 and values[0] < 0 and values[1] < 0:
+            return values[0], values[1]
+    return None
+
+
+def judge_reply(sample: Sample, reply_text: str, summary: str, truncated: bool, width: int,
+                height: int, parse: Callable[[str], list[Any]]) -> tuple[Correctness, tuple[float, float] | None,
+                                                                        str | None]:
+    """(verdict, point in image pixels, error) for one answer, through the project's parser."""
+    if truncated:
+        return score(sample, None, image_size=(width, height)), None, "the reply was cut off inside its thinking"
+    try:
+        actions = parse(summary)
+    except ActionParseError as exc:
+        negative = _negative_point(summary)
+        if negative is None:
+            return score(sample, None, image_size=(width, height)), None, f"unparseable answer: {exc}"
+        # The parser rejects off-screen points; OSWorld-G reads a negative point as "no such element".
+        reading = "normalized" if all(abs(v) <= 1 for v in negative) else "pixels"
+        point = PredictedPoint.from_model(*negative, reading=reading, width=width, height=height)
+        return score(sample, point, image_size=(width, height)), point.pixels, "negative point (a refusal)"
+    action = next((a for a in actions if action_points(a)), None)
+    if action is None:
+        verdict = score(sample, None, image_size=(width, height), refused=True)
+        return verdict, None, None if verdict == "correct" else "the answer has no point"
+    raw = action_points(action)[0]
+    reading = reading_of(action)
+    point = PredictedPoint.from_model(float(raw.x), float(raw.y), reading=reading, width=width, height=height)
+    error = None
+    try:  # the project's one conversion: also rejects points outside the image
+        to_screen(action, shown_width=width, shown_height=height, monitor=Monitor(width=width, height=height))
+    except OutOfScreenError as exc:
+        error = f"point outside the image: {exc}"
+    return score(sample, point, image_size=(width, height)), point.pixels, error
+
+
+def evaluate_sample(sample: Sample, client: ModelClient, prompt: GroundingPrompt, *, temperature: float,
+                    max_tokens: int | None, language: str, parse: Callable[[str], list[Any]]) -> SampleResult:
+    """Ask the model about one sample and judge the answer. Raises ServerError when the server fails."""
+    data = sample.image.read_bytes()
+    width, height = _image_size(data, sample.image)
+    instruction = sample.instruction_cn if language == "cn" and sample.instruction_cn else sample.instruction
+    messages = prompt.messages(instruction, image_part(data, MIME.get(sample.image.suffix.lower(), "image/png")))
+    started = time.perf_counter()
+    reply: ModelReply = client.complete(messages, temperature=temperature, max_tokens=max_tokens)
+    latency = reply.latency_ms or (time.perf_counter() - started) * 1000
+    verdict, point, error = judge_reply(sample, reply.text, reply.summary, reply.truncated, width, height, parse)
+    return SampleResult(
+        id=sample.id, instruction=instruction, image=str(sample.image), image_size=(width, height), point=point,
+        target=sample.target, correctness=verdict, correct=verdict == "correct", answer=reply.text,
+        latency_ms=round(latency, 1), error=error, **sample.tags())
+
+
+# ---- results file ----------------------------------------------------------------------------------
+def read_results(path: Path) -> dict[str, SampleResult]:
+    """Finished samples by id. A torn last line (a killed run) is cut off so later appends stay clean."""
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    done: dict[str, SampleResult] = {}
+    offset = 0
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        is_last = number == len(lines)
+        end = offset + len(line) + (0 if is_last else 1)
+        if line.strip():
+            try:
+                result = SampleResult.model_validate_json(line)
+            except ValidationError as exc:
+                if is_last or all(not rest.strip() for rest in lines[number:]):
+                    with path.open("r+b") as f:  # torn tail: drop it
+                        f.truncate(offset)
+                    break
+                raise EvalError(f"{path}: line {number} is not a result record ({exc.errors()[0]['msg']}); "
+                                "delete that line or use another --out") from None
+            done.setdefault(result.id, result)
+        offset = end
+    return done
+
+
+class ResultWriter:
+    """Appends one JSON line per result and flushes it to the OS before returning."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, result: SampleResult) -> None:
+        line = result.model_dump_json() + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# ---- metrics (ScreenSpot-Pro's eval_screenspot_pro.py semantics) ------------------------------------
+class Metrics(BaseModel):
+    num_correct_action: int
+    num_total: int
+    wrong_format_num: int
+    action_acc: float
+    text_acc: float  # 0 when the table has no text sample (as upstream)
+    icon_acc: float
+
+
+def metrics_of(results: list[SampleResult]) -> Metrics:
+    def acc(rows: list[SampleResult]) -> float:
+        return sum(r.correct for r in rows) / len(rows) if rows else 0
+
+    return Metrics(
+        num_correct_action=sum(r.correctness == "correct" for r in results), num_total=len(results),
+        wrong_format_num=sum(r.correctness == "wrong_format" for r in results), action_acc=acc(results),
+        text_acc=acc([r for r in results if r.ui_type == "text"]),
+        icon_acc=acc([r for r in results if r.ui_type == "icon"]))
+
+
+def breakdown(results: list[SampleResult], fields: list[tuple[str, str]],
+              constants: Iterable[tuple[str, str]] = ()) -> dict[str, Metrics]:
+    """One table per existing combination of ``fields`` ((attribute, key label) pairs), keyed like upstream."""
+    values = [sorted({str(getattr(r, attr)) for r in results}) for attr, _ in fields]
+    out: dict[str, Metrics] = {}
+    for combo in itertools.product(*values):
+        rows = [r for r in results if all(str(getattr(r, attr)) == v for (attr, _), v in zip(fields, combo))]
+        if rows:
+            key = " ".join([f"{label}:{v}" for (_, label), v in zip(fields, combo)]
+                           + [f"{label}:{v}" for label, v in constants])
+            out[key] = metrics_of(rows)
+    return out
+
+
+class OSWorldGGroup(BaseModel):
+    total: int
+    correct: int
+    accuracy: float
+
+
+def osworld_g_groups(results: list[SampleResult]) -> dict[str, OSWorldGGroup]:
+    """OSWorld-G's accuracy_dict_group: a sample counts in each of its classes."""
+    groups: dict[str, list[bool]] = {}
+    for r in results:
+        for cls in r.classes:
+            groups.setdefault(cls, []).append(r.correct)
+    return {cls: OSWorldGGroup(total=len(v), correct=sum(v), accuracy=sum(v) / len(v)) for cls, v in sorted(groups.items())}
+
+
+class Summary(BaseModel):
+    benchmark: str
+    data: str
+    prompt: str
+    model: str
+    selected: int
+    finished: int
+    unfinished: int
+    metrics: dict[str, Any]
+    osworld_g: dict[str, Any] | None = None
+    throughput: dict[str, float] = Field(default_factory=dict)
+
+
+def summarize(dataset: Dataset, results: list[SampleResult], settings: RunSettings, selected: int,
+              throughput: dict[str, float] | None = None) -> Summary:
+    metrics: dict[str, Any] = {"overall": metrics_of(results).model_dump(),
+                               "by_ui_type": _dump(breakdown(results, [("ui_type", "ui_type")]))}
+    if dataset.layout == "screenspot":
+        metrics["by_split"] = _dump(breakdown(results, [("split", "split")]))
+        metrics["by_data_source"] = _dump(breakdown(results, [("data_source", "source")]))
+        metrics["by_split_and_source"] = _dump(breakdown(results, [("split", "split"), ("data_source", "source")]))
+    elif dataset.layout == "pro":
+        fixed = [("inst_style", "instruction"), ("gt_type", "positive")]
+        metrics["leaderboard_simple_style"] = _dump(breakdown(results, [("group", "group")]))
+        metrics["leaderboard_detailed_style"] = _dump(breakdown(results, [("application", "app")]))
+        metrics["by_platform"] = _dump(breakdown(results, [("platform", "plat")]))
+        metrics["seeclick_style"] = _dump(breakdown(results, [("platform", "plat")], fixed))
+        metrics["fine_grained"] = _dump(breakdown(results, [("platform", "plat"), ("application", "app")], fixed))
+    osworld = None
+    if dataset.layout == "osworld-g":
+        correct = sum(r.correct for r in results)
+        osworld = {"total": len(results), "correct": correct,
+                   "accuracy": correct / len(results) if results else 0,
+                   "by_target_kind": {k: sum(1 for r in results if r.target.kind == k)
+                                      for k in ("bbox", "polygon", "refusal")}}
+        if dataset.classification_file is not None:
+            osworld["accuracy_dict_group"] = {k: v.model_dump() for k, v in osworld_g_groups(results).items()}
+    return Summary(benchmark=dataset.benchmark, data=settings.data, prompt=settings.prompt, model=settings.model,
+                   selected=selected, finished=len(results), unfinished=selected - len(results), metrics=metrics,
+                   osworld_g=osworld, throughput=throughput or {})
+
+
+def _dump(tables: dict[str, Metrics]) -> dict[str, Any]:
+    return {k: v.model_dump() for k, v in tables.items()}
+
+
+def format_table(summary: Summary) -> str:
+    """A Markdown table (pastes into a paper draft or an issue) of every metric table in the summary."""
+    title = (f"{summary.benchmark}: {summary.finished}/{summary.selected} samples, model {summary.model}, "
+             f"prompt {summary.prompt}")
+    lines = [title, "",
+             "| table | n | accuracy | text | icon | wrong format |", "|---|---:|---:|---:|---:|---:|"]
+
+    def row(name: str, m: dict[str, Any]) -> str:
+        return (f"| {name} | {m['num_total']} | {100 * m['action_acc']:.2f} | {100 * m['text_acc']:.2f} | "
+                f"{100 * m['icon_acc']:.2f} | {m['wrong_format_num']} |")
+
+    lines.append(row("overall", summary.metrics["overall"]))
+    for section, tables in summary.metrics.items():
+        if section in ("overall", "fine_grained", "seeclick_style", "by_split_and_source"):
+            continue
+        lines.extend(row(key, m) for key, m in tables.items())
+    if summary.osworld_g and "accuracy_dict_group" in summary.osworld_g:
+        lines += ["", "| OSWorld-G class | n | correct | accuracy |", "|---|---:|---:|---:|"]
+        for cls, g in summary.osworld_g["accuracy_dict_group"].items():
+            lines.append(f"| {cls} | {g['total']} | {g['correct']} | {100 * g['accuracy']:.2f} |")
+    if summary.unfinished:
+        lines += ["", f"{summary.unfinished} sample(s) unfinished (server errors): re-run the same command to retry"]
+    return "\n".join(lines)
+
+
+# ---- failures page ---------------------------------------------------------------------------------
+def write_failures_html(path: Path, results: list[SampleResult], *, limit: int = 500) -> int:
+    """An HTML page of failed samples: screenshot (relative path) with the target and the prediction drawn."""
+    failed = [r for r in results if not r.correct]
+    cards = []
+    for r in failed[:limit]:
+        w, h = r.image_size
+        href = html.escape(os.path.relpath(r.image, path.parent))
+        shapes = []
+        outline = r.target.outline()
+        if outline:
+            pts = " ".join(f"{x:g},{y:g}" for x, y in outline)
+            shapes.append(f'<polygon points="{pts}" fill="rgba(0,200,0,0.15)" stroke="#0a0" stroke-width="3" '
+                          'vector-effect="non-scaling-stroke"/>')
+        if r.point is not None:
+            x, y = r.point
+            shapes.append(f'<circle cx="{x:g}" cy="{y:g}" r="{max(w, h) / 120:g}" fill="none" stroke="#e00" '
+                          'stroke-width="3" vector-effect="non-scaling-stroke"/>'
+                          f'<circle cx="{x:g}" cy="{y:g}" r="{max(w, h) / 400:g}" fill="#e00"/>')
+        answer = html.escape(r.answer[-600:])
+        cards.append(
+            f'<section><h3>{html.escape(r.id)} - {r.correctness}</h3><p>{html.escape(r.instruction)}</p>'
+            f'<p class="meta">target {r.target.kind}; point {r.point}; {html.escape(r.error or "")}</p>'
+            f'<svg viewBox="0 0 {w} {h}" width="100%"><image href="{href}" width="{w}" height="{h}"/>'
+            f'{"".join(shapes)}</svg><pre>{answer}</pre></section>')
+    more = f"<p>{len(failed) - limit} more failures not shown.</p>" if len(failed) > limit else ""
+    page = ("<!doctype html><meta charset='utf-8'><title>grounding failures</title><style>body{font:14px sans-serif;"
+            "max-width:1100px;margin:auto}section{border-bottom:1px solid #ccc;padding:8px 0}.meta{color:#666}"
+            "pre{white-space:pre-wrap;background:#f6f6f6;padding:6px}</style>"
+            f"<h1>{len(failed)} failures of {len(results)}</h1><p>green: target; red: predicted point</p>"
+            + "".join(cards) + more)
+    path.write_text(page, encoding="utf-8")
+    return len(failed)
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+class RunOutcome(BaseModel):
+    summary: Summary
+    new_results: int
+    errors: list[str]
+
+
+def _check_settings(out: Path, settings: RunSettings) -> None:
+    path = out / RUN_FILE
+    if path.exists():
+        try:
+            previous = RunSettings.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValidationError:
+            raise EvalError(f"{path}: not a run settings file; use another --out") from None
+        differs = [k for k in ("benchmark", "prompt", "language", "model", "temperature", "max_tokens")
+                   if getattr(previous, k) != getattr(settings, k)]
+        if differs:
+            detail = ", ".join(f"{k}: {getattr(previous, k)!r} then, {getattr(settings, k)!r} now" for k in differs)
+            raise EvalError(f"{out} holds results of a different run ({detail}); use another --out")
+    else:
+        path.write_text(settings.model_dump_json(indent=2), encoding="utf-8")
+
+
+def run_eval(dataset: Dataset, samples: list[Sample], out: Path, clients: list[ModelClient],
+             settings: RunSettings, *, prompt: GroundingPrompt, concurrency: int = 16,
+             parse: Callable[[str], list[Any]] | None = None, progress: bool = True,
+             max_consecutive_errors: int | None = None) -> RunOutcome:
+    """Evaluate ``samples`` (skipping those already in ``out``), then write the summary and failures page."""
+    if parse is None:
+        from actions.parser import parse_reply as parse
+    if not clients:
+        raise EvalError("no model server given (--base-url)")
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, settings)
+    results_path = out / RESULTS_FILE
+    done = read_results(results_path)
+    selected_ids = {s.id for s in samples}
+    pending = [s for s in samples if s.id not in done]
+    finished = [done[s.id] for s in samples if s.id in done]
+    errors: list[str] = []
+    limit_errors = max_consecutive_errors or max(concurrency, 8)
+    writer = ResultWriter(results_path)
+    bar = _progress(len(samples), len(finished), progress)
+    correct = sum(r.correct for r in finished)
+    started = time.perf_counter()
+    new = 0
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="screenspot")
+    queue = iter(enumerate(pending))
+    running: dict[Future[SampleResult], Sample] = {}
+
+    def submit_next() -> None:
+        item = next(queue, None)
+        if item is not None:
+            i, sample = item
+            client = clients[i % len(clients)]  # round-robin over replicas
+            future = pool.submit(evaluate_sample, sample, client, prompt, temperature=settings.temperature,
+                                 max_tokens=settings.max_tokens, language=settings.language, parse=parse)
+            running[future] = sample
+
+    consecutive = 0
+    try:
+        for _ in range(max(1, concurrency)):  # at most `concurrency` requests in flight, none queued
+            submit_next()
+        while running:
+            finished_now, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished_now:
+                sample = running.pop(future)
+                try:
+                    result = future.result()
+                except ServerError as exc:
+                    errors.append(f"{sample.id}: {exc}")
+                    consecutive += 1
+                else:
+                    consecutive = 0
+                    writer.write(result)
+                    finished.append(result)
+                    new += 1
+                    correct += result.correct
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(acc=f"{100 * correct / len(finished):.2f}%", refresh=False)
+                if consecutive < limit_errors:
+                    submit_next()
+        if consecutive >= limit_errors:
+            errors.append(f"stopped after {consecutive} consecutive server errors; fix the server and re-run")
+    finally:  # on Ctrl-C too: every line already written stays, requests in flight are abandoned
+        pool.shutdown(wait=False, cancel_futures=True)
+        writer.close()
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - started
+    finished = [r for r in finished if r.id in selected_ids]
+    throughput = {"seconds": round(elapsed, 3), "samples_per_s": round(new / elapsed, 3) if elapsed > 0 else 0.0}
+    summary = summarize(dataset, finished, settings, len(samples), throughput)
+    (out / SUMMARY_FILE).write_text(summary.model_dump_json(indent=2), encoding="utf-8")
+    write_failures_html(out / FAILURES_FILE, finished)
+    return RunOutcome(summary=summary, new_results=new, errors=errors)
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="screenspot", unit="sample", dynamic_ncols=True)

@@ -36,6 +36,7 @@ MAX_COORDINATE = 100_000
 MAX_SCROLL = 1_000
 MAX_LITERAL_ITEMS = 16
 MAX_LITERAL_DEPTH = 3
+MAX_HOTKEY_KEYS = 6  # keys held at once in one combination
 
 FORMAT_HINT = (
     "Answer with a ## Code: block of pyautogui calls using normalized coordinates, e.g. "
@@ -275,7 +276,7 @@ def _scroll(vertical: bool) -> _Handler:
         horizontal = not vertical
         if direction is not None:
             signs = {"up": (1, False), "down": (-1, False), "left": (-1, True), "right": (1, True)}
-            if direction not in signs:
+            if not isinstance(direction, str) or direction not in signs:
                 raise fail(f"{args.call}(): direction must be up, down, left or right, got {direction!r}")
             sign, horizontal = signs[direction]
             clicks = sign * abs(clicks)
@@ -298,6 +299,9 @@ def _press(args: Args) -> list[Action]:
     keys = _keys(args, args.get("keys"))
     presses = _whole(args, args.get("presses", default=1), "presses", 1, 100)
     if isinstance(args.get("keys"), str) and len(keys) > 1:  # press('ctrl+c')
+        if len(keys) > MAX_HOTKEY_KEYS:
+            raise fail(f"{args.call}({args.get('keys')[:40]!r}) holds {len(keys)} keys at once; at most "
+                       f"{MAX_HOTKEY_KEYS}, e.g. press('ctrl+shift+t')")
         return [Hotkey(keys=keys) for _ in range(presses)]
     return [Press(key=k, count=presses) for k in keys]
 
@@ -313,8 +317,8 @@ def _hotkey_node(call: str, node: ast.Call) -> list[Action]:
     keys = [k for v in values for k in _keys(args, v)]
     if not keys:
         raise fail(f"{call}() needs at least one key, e.g. {call}('ctrl', 'c')")
-    if len(keys) > 6:
-        raise fail(f"{call}(): at most 6 keys at once")
+    if len(keys) > MAX_HOTKEY_KEYS:
+        raise fail(f"{call}(): at most {MAX_HOTKEY_KEYS} keys at once")
     return [Hotkey(keys=keys)]
 
 
@@ -484,6 +488,8 @@ def fold(steps: list[Step]) -> list[Action]:
         if step.key_down is not None:
             if step.key_down not in held:
                 held.append(step.key_down)
+            if len(held) > MAX_HOTKEY_KEYS:
+                raise fail(f"{len(held)} keys are held down at once; at most {MAX_HOTKEY_KEYS}")
             pending = True
             continue
         if step.key_up is not None:
@@ -497,6 +503,9 @@ def fold(steps: list[Step]) -> list[Action]:
         for action in step.actions:
             if held:
                 if isinstance(action, Press):
+                    if len(held) + 1 > MAX_HOTKEY_KEYS:
+                        raise fail(f"keys {held} are held while pressing {action.key!r}: at most {MAX_HOTKEY_KEYS} "
+                                   "keys at once")
                     actions.extend(Hotkey(keys=[*held, action.key]) for _ in range(action.count))
                     pending = False
                     continue

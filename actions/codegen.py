@@ -1,10 +1,18 @@
 """Typed action (screen pixels) -> pyautogui code for harnesses that run code strings (OSWorld).
 
-The code is generated from the typed values only: numbers are formatted from validated ints/floats,
-strings are ``repr()``-quoted, key names are normalized. Model text never reaches the output.
+The code is generated from the typed values only: numbers are formatted from validated ints/floats, buttons and
+key names come from closed sets. Text chosen by the model never appears in the code as a Python literal: it
+travels base64-encoded (alphabet ``A-Za-z0-9+/=``) and the generated code decodes it. Quoting alone is not
+enough: OSWorld's ``DesktopEnv.step`` rewrites every ``pyautogui.typewrite("...")`` / ``press('<')`` pattern it
+finds anywhere in the code string, string literals included, and decodes it with ``unicode_escape``
+(REFERENCE.md section 3); a base64 string contains no quote, backslash, parenthesis or dot it could match.
+
+``computer.wait()`` becomes ``time.sleep(N)`` code run in the VM, so it waits N seconds in every runner (OSWorld
+turns the word ``WAIT`` into a sleep of ``--sleep_after_execution``, 0 s by default).
 """
 from __future__ import annotations
 
+import base64
 import math
 
 from actions.keys import normalize_key
@@ -41,14 +49,31 @@ def _call(name: str, args: list[str]) -> str:
     return f"pyautogui.{name}({', '.join(args)})"
 
 
+def encode_text(text: str) -> str:
+    """``text`` as base64 of its UTF-8 bytes (lone surrogates kept with ``surrogatepass``)."""
+    return base64.b64encode(text.encode("utf-8", "surrogatepass")).decode("ascii")
+
+
+def _bytes_expr(text: str) -> str:
+    return f"base64.b64decode('{encode_text(text)}')"
+
+
+def _text_expr(text: str) -> str:
+    return f"{_bytes_expr(text)}.decode('utf-8', 'surrogatepass')"
+
+
 def _paste_code(text: str) -> str:
     # xclip keeps its inherited pipes open: its output goes to DEVNULL or run() never returns.
     return (
-        "import subprocess\n"
-        f"subprocess.run(['xclip', '-selection', 'clipboard'], input={text!r}.encode('utf-8'), "
+        "import base64, subprocess\n"
+        f"subprocess.run(['xclip', '-selection', 'clipboard'], input={_bytes_expr(text)}, "
         "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=10)\n"
         "pyautogui.hotkey('ctrl', 'v')"
     )
+
+
+def _write_code(text: str) -> str:
+    return f"import base64\npyautogui.write({_text_expr(text)})"
 
 
 def to_pyautogui_code(action: Action) -> str:
@@ -74,7 +99,7 @@ def to_pyautogui_code(action: Action) -> str:
         return "\n".join(lines)
     if isinstance(action, TypeText):
         lines = [_call("click", _xy(action.at))] if action.at is not None else []
-        lines.append(_paste_code(action.text) if needs_clipboard(action.text) else _call("write", [repr(action.text)]))
+        lines.append(_paste_code(action.text) if needs_clipboard(action.text) else _write_code(action.text))
         return "\n".join(lines)
     if isinstance(action, Press):
         key = normalize_key(action.key)
@@ -94,9 +119,8 @@ def to_pyautogui_code(action: Action) -> str:
 
 
 def osworld_action(action: Action) -> str:
-    """One OSWorld ``pyautogui``-space action: a code string, or WAIT / DONE / FAIL."""
-    if isinstance(action, Wait):
-        return "WAIT"
+    """One OSWorld ``pyautogui``-space action: a code string, or DONE / FAIL. A wait is ``time.sleep(N)`` code,
+    never the word WAIT (which sleeps ``--sleep_after_execution``, 0 s by default in OSWorld's runners)."""
     if isinstance(action, Done):
         return "DONE"
     if isinstance(action, Fail):

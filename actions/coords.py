@@ -32,12 +32,39 @@ class OutOfScreenError(ActionParseError):
     """A point that falls outside the image the model was shown (and so outside the monitor)."""
 
 
+class MixedFramesError(ActionParseError):
+    """One action whose numbers are partly fractions and partly pixels (``drag(start=[0.2, 0.3], end=[640, 360])``)."""
+
+
 def reading_of(action: Action, mode: CoordinateMode = "auto") -> Literal["normalized", "pixels"]:
-    """How an action's numbers are read: all values <= 1 mean fractions, otherwise image pixels."""
+    """How an action's numbers are read, all of them the same way (one call, one frame).
+
+    Any value above 1 means image pixels; values all within [0, 1] mean fractions when at least one is written
+    as a decimal (``click(0.5, 1)``), and pixels when every one is an integer (``click(1, 1)`` is pixel (1, 1),
+    not the bottom-right corner).
+    """
     if mode != "auto":
         return mode
-    values = [abs(v) for p in action_points(action) for v in (p.x, p.y)]
-    return "normalized" if all(v <= 1.0 for v in values) else "pixels"
+    values = [v for p in action_points(action) for v in (p.x, p.y)]
+    if any(abs(v) > 1.0 for v in values):
+        return "pixels"
+    if values and all(isinstance(v, int) for v in values):
+        return "pixels"
+    return "normalized"
+
+
+def check_one_frame(action: Action, reading: str) -> None:
+    """Refuse an action read as pixels that also holds a fraction (0 < v < 1): its points mix two frames."""
+    if reading != "pixels":
+        return
+    points = action_points(action)
+    fractions = [p for p in points if any(isinstance(v, float) and 0.0 < v < 1.0 for v in (p.x, p.y))]
+    if fractions:
+        shown = ", ".join(f"({p.x:g}, {p.y:g})" for p in points)
+        raise MixedFramesError(
+            f"the {action.type} mixes normalized and pixel coordinates ({shown}); write every number of an action "
+            "the same way: normalized 0..1 (e.g. 0.5) or pixels of the screenshot"
+        )
 
 
 def _fraction(value: float, size: int, reading: str, axis: str) -> float:
@@ -69,8 +96,10 @@ def to_screen(
     monitor: Monitor,
     mode: CoordinateMode = "auto",
 ) -> Action:
-    """Return ``action`` with every point in screen pixels (ints). Raises OutOfScreenError."""
+    """Return ``action`` with every point in screen pixels (ints). Raises OutOfScreenError, MixedFramesError."""
     reading = reading_of(action, mode)
+    if mode == "auto":
+        check_one_frame(action, reading)
 
     def conv(p: Point | None) -> Point | None:
         if p is None:

@@ -3,16 +3,18 @@
 pyautogui is imported on first use (importing it without a DISPLAY crashes). ``PAUSE`` is 0: callers wait on
 real screen state, not on fixed sleeps. The fail-safe stays on: a pointer in a screen corner stops execution
 with ``FailSafeTriggered``. Text that ``pyautogui.write`` gets wrong on X11 (non-ASCII is dropped, '<' comes
-out as '>') is pasted through the clipboard instead.
+out as '>') is pasted instead: this process owns the selection (``actions.clipboard``, confirmed before the
+paste), pastes with the keys the focused program honours (terminals: shift+insert, which takes PRIMARY;
+others: ctrl+v), and reports the action as failed when no program took the text.
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import Any
 
+from actions.clipboard import ClipboardError, SelectionOwner, is_terminal, window_class
 from actions.codegen import needs_clipboard
 from actions.keys import normalize_key
 from actions.types import (
@@ -47,18 +49,22 @@ class PyAutoGUIExecutor:
     def __init__(
         self,
         *,
-        clipboard_command: Sequence[str] = ("xclip", "-selection", "clipboard"),
-        paste_keys: Sequence[str] = ("ctrl", "v"),
+        paste_keys: Sequence[str] | None = None,
+        paste_timeout: float = 3.0,
         drag_duration: float = 0.3,
         drag_steps: int = 10,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.clipboard_command = tuple(clipboard_command)
-        self.paste_keys = tuple(paste_keys)
+        """``paste_keys`` None: shift+insert for terminals, ctrl+v elsewhere. ``paste_timeout``: how long a
+        program may take to ask for pasted text before the typed action is reported as not done."""
+        self.paste_keys = tuple(paste_keys) if paste_keys else None
+        self.paste_timeout = paste_timeout
         self.drag_duration = drag_duration
         self.drag_steps = max(1, drag_steps)
         self._sleep = sleep
         self._pg: ModuleType | None = None
+        self._selection: SelectionOwner | None = None
+        self._xq: Any = None  # an X connection for questions about windows (this thread only)
 
     def _pyautogui(self) -> ModuleType:
         if self._pg is None:
@@ -72,6 +78,7 @@ class PyAutoGUIExecutor:
             pyautogui.PAUSE = 0
             pyautogui.FAILSAFE = True
             self._pg = pyautogui
+            _release_held_inputs(pyautogui)
         return self._pg
 
     def execute(self, action: Action) -> None:
@@ -125,7 +132,7 @@ class PyAutoGUIExecutor:
         elif isinstance(action, TypeText):
             if action.at is not None:
                 pg.click(action.at.x, action.at.y)
-            self._type(pg, action.text)
+            self._type(pg, action.text, at_pointer=action.at is not None)
         elif isinstance(action, Press):
             key = self._key(pg, action.key)
             for _ in range(action.count):
@@ -160,17 +167,81 @@ class PyAutoGUIExecutor:
             raise ExecutionError(f"the key {key!r} has no keycode in this X server's keymap, so it cannot be pressed")
         return key
 
-    def _type(self, pg: ModuleType, text: str) -> None:
+    def _type(self, pg: ModuleType, text: str, *, at_pointer: bool = False) -> None:
         if not needs_clipboard(text):
             pg.write(text)
             return
-        if shutil.which(self.clipboard_command[0]) is None:
-            raise ExecutionError(f"typing {text[:20]!r} needs the clipboard tool {self.clipboard_command[0]!r}: "
-                                 "apt-get install -y xclip")
+        target = self.focused_class(at_pointer=at_pointer)
+        keys = self.paste_keys or (("shift", "insert") if is_terminal(target) else ("ctrl", "v"))
+        # shift+insert pastes PRIMARY in xterm and VTE terminals; other programs take CLIPBOARD (owning PRIMARY
+        # there would clear their own selection, and with it a pending replace-the-selection).
+        selections = ("PRIMARY", "CLIPBOARD") if keys == ("shift", "insert") else ("CLIPBOARD",)
         try:
-            # xclip keeps inherited pipes open while it serves the selection: never capture its output.
-            subprocess.run(list(self.clipboard_command), input=text.encode("utf-8"), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=True, timeout=10)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-            raise ExecutionError(f"could not put the text on the clipboard with {self.clipboard_command[0]}: {exc}") from None
-        pg.hotkey(*self.paste_keys)
+            owner = self._selection_owner()
+            mark = owner.offer(text, selections)  # returns once the X server confirms the new owner
+        except ClipboardError as exc:
+            raise ExecutionError(f"could not put {text[:20]!r} on the clipboard: {exc}") from None
+        pg.hotkey(*keys)
+        if not owner.wait_taken(mark, self.paste_timeout):
+            shown = f"{target[1]} window" if target else "focused window"
+            raise ExecutionError(
+                f"the text {text[:30]!r} was not typed: the {shown} did not take the paste ({'+'.join(keys)}) "
+                f"within {self.paste_timeout:g} s; click into a text field first"
+            )
+
+    def focused_class(self, *, at_pointer: bool = False) -> tuple[str, str] | None:
+        """WM_CLASS of the window that gets typed text, None when unknown."""
+        try:
+            if self._xq is None:
+                from Xlib import display as xdisplay
+
+                self._xq = xdisplay.Display()
+            return window_class(self._xq, at_pointer=at_pointer)
+        except Exception:  # noqa: BLE001 - no answer about the window: treat it as an ordinary program
+            self._xq = None
+            return None
+
+    def _selection_owner(self) -> SelectionOwner:
+        if self._selection is None:
+            try:
+                self._selection = SelectionOwner()
+            except Exception as exc:  # noqa: BLE001 - no X connection for the clipboard
+                raise ClipboardError(f"no X connection for the clipboard ({type(exc).__name__}: {exc})") from None
+        return self._selection
+
+    def close(self) -> None:
+        """Let go of the X connections of the clipboard and window questions (pasted text stops being offered)."""
+        if self._selection is not None:
+            self._selection.close()
+            self._selection = None
+        if self._xq is not None:
+            try:
+                self._xq.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._xq = None
+
+
+def _release_held_inputs(pg: ModuleType) -> None:
+    """Release keys and buttons a killed run left pressed (killed between a key's press and its release, a held
+    key would repeat into the focused program, a held button would turn the next click into a drag).
+
+    Releases go through XTest, whose device the X server only releases keys it holds: a key the person holds
+    on the real keyboard is not touched."""
+    try:
+        from Xlib import X
+        from Xlib.ext import xtest
+
+        display = pg.platformModule._display
+        keymap = display.query_keymap()
+        for index, byte in enumerate(keymap):
+            for bit in range(8):
+                if byte & (1 << bit):
+                    xtest.fake_input(display, X.KeyRelease, index * 8 + bit)
+        mask = display.screen().root.query_pointer().mask
+        for button, flag in ((1, X.Button1Mask), (2, X.Button2Mask), (3, X.Button3Mask)):
+            if mask & flag:
+                xtest.fake_input(display, X.ButtonRelease, button)
+        display.sync()
+    except Exception:  # noqa: BLE001 - best effort: no X extension, another platform
+        pass

@@ -9,6 +9,14 @@ Accepted dialects (one summary may hold several actions, in order):
   ``[x1, y1, x2, y2]`` (a box becomes a click at its centre);
 - the words ``WAIT``, ``DONE``, ``FAIL``.
 
+Readings that would do something other than what was written are refused or ranked (issue 18):
+- in prose, a call the sentence negates (``I will not click(0.5, 0.5)``) is not an action;
+- calls win over the words, and a word wins over numbers in prose (``DONE (1, 1)`` is DONE, never a click);
+- the bare-point fallback fires only when the answer is one point or box and nothing else that could mean
+  something: no other number, no call, no word, no negation (``getattr(pyautogui, 'click')(0.5, 0.5)`` is refused);
+- a fenced block tagged with a shell or another language (```` ```bash ````) is refused, never read as prose;
+- any unexpected exception while parsing becomes an ``ActionParseError`` (a format error fed back to the model).
+
 Code is read with ``ast``: only calls to whitelisted names with literal arguments (numbers, strings,
 booleans, None, and lists/tuples of those) are understood. Anything else raises ``ActionParseError``
 with a message meant to be fed back to the model.
@@ -60,6 +68,15 @@ def split_reply(text: str) -> tuple[str, str, bool]:
 
 def parse_reply(text: str) -> list[Action]:
     """Parse a full model reply (thinking + summary). Coordinates inside the thinking never count."""
+    try:
+        return _parse_reply(text)
+    except ActionParseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see parse_summary
+        raise fail(f"the answer could not be read ({type(exc).__name__})") from None
+
+
+def _parse_reply(text: str) -> list[Action]:
     if not isinstance(text, str):
         raise ActionParseError(f"model output must be text, got {type(text).__name__}")
     _, summary, truncated = split_reply(text)
@@ -82,9 +99,14 @@ _BARE_POINT = re.compile(
     rf"(?:\s*,\s*({_NUM})\s*,\s*({_NUM}))?\s*[\])]"
 )
 _WORD = re.compile(r"(?<![\w.])(WAIT|DONE|FAIL)(?![\w(])")
+# Words that turn a sentence around: "I will not click(...)", "don't click(...)", "instead of click(...)".
+_NEGATION = re.compile(r"(?i)(?:\b(?:not|never|no|cannot|avoid|instead|rather|without|unable|neither|nor)\b|n't\b)")
+_JSON_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
 
 
 _PYTHON_FENCES = frozenset({"", "python", "py", "python3", "pyautogui"})
+# Blocks read as prose (a point, a box, a word); any other tag (bash, sh, js, ...) is not an action.
+_DATA_FENCES = frozenset({"json", "jsonc", "text", "txt", "plaintext", "plain", "markdown", "md"})
 
 
 def _code_blocks(summary: str) -> list[tuple[str, str]]:
@@ -139,9 +161,16 @@ def _call_end(text: str, open_paren: int) -> int:
     return -1
 
 
-def _prose_calls(text: str) -> tuple[list[Step], ActionParseError | None]:
-    """Whitelisted calls written inline in prose (Toolcall: click(x=..., y=...))."""
+def _negated(text: str, start: int) -> bool:
+    """Whether the clause before ``text[start]`` negates it ("I will not click(...)")."""
+    begin = max(max(text.rfind(mark, 0, start) for mark in ".;!?\n") + 1, start - 200)
+    return _NEGATION.search(text, begin, start) is not None
+
+
+def _prose_calls(text: str) -> tuple[list[Step], ActionParseError | None, list[str]]:
+    """Whitelisted calls written inline in prose (Toolcall: click(x=..., y=...)), and the negated ones skipped."""
     steps: list[Step] = []
+    negated: list[str] = []
     pos = 0
     while True:
         match = _CALL_START.search(text, pos)
@@ -168,11 +197,19 @@ def _prose_calls(text: str) -> tuple[list[Step], ActionParseError | None]:
                 raise fail(f"{text[match.start():end][:80]} is not a valid call") from None
             if not isinstance(node, ast.Call):
                 raise fail(f"{text[match.start():end][:80]} is not a call")
-            steps.append(convert_call(node))
+            step = convert_call(node)
             pos = end
+            if _negated(text, match.start()):
+                negated.append(text[match.start():end][:80])
+                continue
+            steps.append(step)
         except ActionParseError as exc:
-            return steps, exc
-    return steps, None
+            if _negated(text, match.start()):  # "do not click(the OK button)": nothing was asked for
+                negated.append(text[match.start():max(end, match.end())][:80])
+                pos = max(end, match.end())
+                continue
+            return steps, exc, negated
+    return steps, None, negated
 
 
 def _bare_number(text: str) -> int | float:
@@ -184,9 +221,20 @@ def _bare_number(text: str) -> int | float:
 
 
 def _bare_point(text: str) -> Action | None:
-    match = _BARE_POINT.search(text)
-    if match is None:
+    """A point or box that is the whole answer (give or take words around it), else None."""
+    matches = list(_BARE_POINT.finditer(text))
+    if len(matches) != 1:
+        if len(matches) > 1:
+            raise fail(f"the answer holds {len(matches)} points; give exactly one action")
         return None
+    match = matches[0]
+    rest = _JSON_STRING.sub('""', text[:match.start()] + " " + text[match.end():])  # labels say nothing
+    if re.search(r"\d", rest) or _NEGATION.search(rest):
+        return None  # other numbers or a negation around the point: not "a point and nothing else"
+    call = _CALL_START.search(rest)
+    if call is not None:
+        raise fail(f"{call.group(1)}{call.group(2)}() is not an allowed action (only pyautogui.* and computer.* "
+                   "calls are)")
     numbers = [_bare_number(g) for g in match.groups() if g is not None]
     args = Args("point")
     if len(numbers) == 4:
@@ -195,7 +243,20 @@ def _bare_point(text: str) -> Action | None:
 
 
 def parse_summary(summary: str) -> list[Action]:
-    """Parse the post-think summary into actions in the model's frame (numbers as written)."""
+    """Parse the post-think summary into actions in the model's frame (numbers as written).
+
+    Raises only ``ActionParseError``: whatever else goes wrong while reading model text is a format error
+    for the model to fix, never a crash of the run.
+    """
+    try:
+        return _parse_summary(summary)
+    except ActionParseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an input no rule foresaw
+        raise fail(f"the answer could not be read ({type(exc).__name__})") from None
+
+
+def _parse_summary(summary: str) -> list[Action]:
     if not isinstance(summary, str):
         raise ActionParseError(f"model output must be text, got {type(summary).__name__}")
     if len(summary) > MAX_SUMMARY_CHARS:
@@ -210,10 +271,14 @@ def parse_summary(summary: str) -> list[Action]:
     blocks = _code_blocks(summary)
     if blocks:
         language, code = blocks[-1]
-        if language.lower() in _PYTHON_FENCES and not _is_bare_literal(code):
+        language = language.lower()
+        if language in _PYTHON_FENCES and not _is_bare_literal(code):
             actions = _parse_code(code)
-        else:
+        elif language in _PYTHON_FENCES or language in _DATA_FENCES:
             actions = _parse_prose(code)
+        else:
+            raise fail(f"the answer ends with a ```{language[:20]} block, which is not an action; write the "
+                       "pyautogui calls in a ```python block")
         if not actions:
             raise fail("the code block holds no action")
     else:
@@ -224,17 +289,21 @@ def parse_summary(summary: str) -> list[Action]:
 
 
 def _parse_prose(summary: str) -> list[Action]:
-    steps, error = _prose_calls(summary)
+    """Calls first, then the words WAIT/DONE/FAIL, then a bare point that is the whole answer."""
+    steps, error, negated = _prose_calls(summary)
     if error is not None:
         raise error
     if steps:
         actions = fold(steps)
         if actions:
             return actions
-    point = _bare_point(summary)
-    if point is not None:
-        return [point]
-    words = _WORD.findall(summary)
+    words = [m.group(1) for m in _WORD.finditer(summary) if not _negated(summary, m.start())]
     if words:
         return [WORDS[words[-1]]()]
+    if not negated:
+        point = _bare_point(summary)
+        if point is not None:
+            return [point]
+    if negated:
+        raise fail(f"the answer says not to do {negated[0]}, and gives no other action")
     raise fail("no action was found in the answer")

@@ -64,7 +64,7 @@ class Press(_Base):
 
 class Hotkey(_Base):
     type: Literal["hotkey"] = "hotkey"
-    keys: list[str] = Field(min_length=1)
+    keys: list[str] = Field(min_length=1, max_length=6)  # keys held at once: more is never a real combination
 
 
 class Wait(_Base):

@@ -16,14 +16,15 @@ Policy (one ``ContextBudget`` per episode; it remembers where the history is cut
 from __future__ import annotations
 
 import bisect
-import re
 import time
 
 from pydantic import BaseModel, Field
 
-from agent.models.vllm import ContextLengthExceeded, TooManyImages
+from agent.models.vllm import (ContextLengthExceeded, MaxTokensTooLarge, Overflow, TooManyImages, image_limit_of,
+                               parse_overflow)
 from agent.history import (CONDENSED_HEADER, CurrentView, HistoryError, ImageCache, Layout, Turn, TurnCosts,
                            omitted_note, render_messages)
+from agent.reply import ModelReply
 from agent.tokens import (GENERATION_PROMPT_TOKENS, IMAGE_WRAPPER_TOKENS, MESSAGE_OVERHEAD_TOKENS, Calibration,
                           EstimatingCounter, TextCounter, image_tokens)
 
@@ -50,7 +51,8 @@ class BudgetRecord(BaseModel):
     trimmed: bool = False  # the cut moved in this build (the request prefix changed)
     trim_reasons: list[str] = Field(default_factory=list)
     emergency: bool = False  # recent screenshots/turns or condensed lines had to go
-    refusal: str | None = None  # the server refusal this build reacts to
+    refusal: str | None = None  # the server refusal (or clamped reply) this build reacts to
+    reply_clamped: str | None = None  # the server cut this request's reply short of max_tokens for lack of room
     actual_prompt_tokens: int | None = None  # usage.prompt_tokens, filled by observe_usage
     counter: str = "estimate"
     build_ms: float = 0.0
@@ -65,13 +67,6 @@ class BudgetExceeded(ValueError):
     """Even the parts that are always sent do not fit the context."""
 
 
-_PROMPT_TOKENS_RES = (
-    re.compile(r"\((\d+) in the messages"),
-    re.compile(r"request has (\d+) input tokens"),
-    re.compile(r"prompt contains at least (\d+) input tokens"),
-)
-_CONTEXT_LIMIT_RE = re.compile(r"maximum context length is (\d+) tokens")
-_IMAGE_LIMIT_RE = re.compile(r"At most (\d+) image\(s\)", re.I)
 
 
 class ContextBudget:
@@ -250,29 +245,66 @@ class ContextBudget:
         self.calibration.observe(image_tokens=record.estimated_image_tokens, text_tokens=record.estimated_text_tokens,
                                  prompt_tokens=prompt_tokens)
 
-    def tighten(self, error: Exception) -> None:
-        """Learn from a length or image-count refusal; the next ``build`` trims harder and records the refusal."""
-        message = str(getattr(error, "server_message", "") or error)
-        image_limit = error.limit if isinstance(error, TooManyImages) else None
-        if image_limit is None and (m := _IMAGE_LIMIT_RE.search(message)):
-            image_limit = int(m.group(1))
-        context = _CONTEXT_LIMIT_RE.search(message)
-        if isinstance(error, ContextLengthExceeded) and context is None and error.limit:
-            context = _CONTEXT_LIMIT_RE.search(f"maximum context length is {error.limit} tokens")
-        if image_limit is None and context is None:
-            raise TypeError(f"tighten() learns from context-length and image-count refusals only; got "
-                            f"{type(error).__name__}: {message}")
+    def tighten(self, refusal: Exception | ModelReply) -> None:
+        """Learn from a refusal for size, or from a reply the server clamped; the next ``build`` trims harder and
+        records why.
+
+        Accepted: ``ContextLengthExceeded`` in any of vLLM's wordings (0.9.1 .. 0.32: the limit, and the prompt's
+        token count where the message has it), ``TooManyImages``, ``MaxTokensTooLarge`` (the limit), any exception
+        whose message is one of those refusals, and a ``ModelReply`` that is ``clamped`` (finish_reason "length"
+        short of max_tokens: prompt + reply filled the context, so ``max_model_len`` is at most their sum).
+        """
+        if isinstance(refusal, ModelReply):
+            self._learn_clamp(refusal)
+            return
+        message = str(getattr(refusal, "server_message", "") or refusal)
+        image_limit = refusal.limit if isinstance(refusal, TooManyImages) else image_limit_of(message)
+        overflow = refusal.overflow if isinstance(refusal, ContextLengthExceeded) else parse_overflow(message)
+        if isinstance(refusal, ContextLengthExceeded) and overflow.limit is None and refusal.limit:
+            overflow = overflow.model_copy(update={"limit": refusal.limit})
+        if isinstance(refusal, MaxTokensTooLarge):
+            overflow = Overflow(wording="max-tokens", limit=refusal.max_model_len)
+        if image_limit is None and overflow is None:
+            raise TypeError(f"tighten() learns from context-length and image-count refusals and clamped replies "
+                            f"only; got {type(refusal).__name__}: {message}")
         if image_limit is not None:
             self.max_images = max(1, min(self.max_images, int(image_limit)))
-        if context is not None:
-            self.max_model_len = min(self.max_model_len, int(context.group(1)))
-            prompt = next((int(m.group(1)) for r in _PROMPT_TOKENS_RES if (m := r.search(message))), None)
-            if prompt is not None and self._last_record is not None:
+        if overflow is not None:
+            self._learn_limit(overflow.limit)
+            prompt = overflow.prompt_tokens
+            if isinstance(refusal, MaxTokensTooLarge):
+                pass  # the prompt was never counted: nothing to calibrate
+            elif prompt is not None and self._last_record is not None:
                 self.calibration.observe(image_tokens=self._last_record.estimated_image_tokens,
                                          text_tokens=self._last_record.estimated_text_tokens, prompt_tokens=prompt)
+                if overflow.prompt_at_least:
+                    # vLLM 0.32 stops counting a text prompt at max_model_len + 1: the real count may be far
+                    # larger. The boost lasts until the next reply's usage gives a real count.
+                    self.calibration.boost(1.5)
             else:
                 self.calibration.boost(1.25)  # the server did not say by how much: be markedly more careful
-            if self.budget_tokens <= 0:
-                self.reply_reserve = max(256, self.max_model_len // 4)
         self._force_trim = True
         self._refusal = message
+
+    def _learn_limit(self, limit: int | None) -> None:
+        if limit is None:
+            return
+        self.max_model_len = min(self.max_model_len, int(limit))
+        if self.budget_tokens <= 0:
+            self.reply_reserve = max(256, self.max_model_len // 4)
+
+    def _learn_clamp(self, reply: ModelReply) -> None:
+        if not reply.clamped:
+            raise TypeError(f"tighten() got a reply that was not clamped (finish_reason={reply.finish_reason}, "
+                            f"{reply.usage.completion_tokens} of max_tokens={reply.max_tokens})")
+        prompt, completion = reply.usage.prompt_tokens, reply.usage.completion_tokens
+        if prompt > 0:
+            self._learn_limit(prompt + completion)
+            if self._last_record is not None:
+                self.calibration.observe(image_tokens=self._last_record.estimated_image_tokens,
+                                         text_tokens=self._last_record.estimated_text_tokens, prompt_tokens=prompt)
+        else:
+            self.calibration.boost(1.25)
+        self._force_trim = True
+        self._refusal = (f"reply clamped by the server: {completion} of max_tokens={reply.max_tokens} tokens after a "
+                         f"{prompt}-token prompt (finish_reason length)")

@@ -14,6 +14,8 @@ from agent.reply import ModelReply
 from envs.base import Observation
 
 Verdict = Literal["execute", "replace", "skip", "retry", "stop"]
+# What to do with a step a resumed run found interrupted while its actions ran (see on_interrupted_step).
+InterruptedChoice = Literal["model", "ran", "rerun"]
 
 
 class HookDecision(BaseModel):
@@ -37,6 +39,17 @@ class StepContext(BaseModel):
     screenshot_path: str | None = None
 
 
+class InterruptedStep(BaseModel):
+    """A step of a resumed run whose actions were running when the run was killed (no result recorded)."""
+
+    step: int
+    actions: list[Action]  # screen pixels
+    finished: int  # actions known to have finished; actions[finished] may have run; later ones did not
+
+    def uncertain(self) -> Action | None:
+        return self.actions[self.finished] if self.finished < len(self.actions) else None
+
+
 class AgentHooks:
     def on_step_start(self, step: int, observation: Observation) -> None:
         """Called after the observation, before the model is asked."""
@@ -50,6 +63,11 @@ class AgentHooks:
 
     def on_step_end(self, record: "object") -> None:
         """Called with the StepRecord after it was written to the trajectory."""
+
+    def on_interrupted_step(self, interrupted: InterruptedStep) -> InterruptedChoice | None:
+        """On resume, for a step killed while its actions ran. None or "model": tell the model they may have
+        run and let it look at the screen; "ran": they ran; "rerun": run the unfinished ones again now."""
+        return None
 
 
 class HookChain(AgentHooks):
@@ -81,3 +99,10 @@ class HookChain(AgentHooks):
     def on_step_end(self, record: object) -> None:
         for h in self.hooks:
             h.on_step_end(record)
+
+    def on_interrupted_step(self, interrupted: InterruptedStep) -> InterruptedChoice | None:
+        for h in self.hooks:
+            choice = h.on_interrupted_step(interrupted)
+            if choice is not None:
+                return choice
+        return None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,20 +13,25 @@ import prompts
 from actions.coords import CoordinateMode, to_screen
 from actions.executor import FailSafeTriggered
 from actions.parser import parse_summary
-from actions.types import Action, ActionParseError, Done, Fail, describe
-from agent.budget import ContextBudget
+from actions.types import Action, ActionParseError, Done, Fail, Wait, describe
+from agent.budget import BuiltRequest, ContextBudget
 from agent.models.vllm import ContextLengthExceeded, ModelClient, TooManyImages, VARIANTS
 from agent.history import CurrentView, Turn
-from agent.hooks import AgentHooks, HookDecision, StepContext
+from agent.hooks import AgentHooks, HookDecision, InterruptedStep, StepContext
+from agent.safety.policy import DEFAULT_SAFETY, install_safety
 from agent.reply import ModelReply, Usage
 from agent.tokens import load_text_counter, read_in_token_limit
 from agent.trajectory import (
     RunInfo,
     RunStatus,
+    StepIntent,
     StepRecord,
     TrajectoryWriter,
+    clear_intent,
     default_run_dir,
+    read_intent,
     read_trajectory,
+    repair_trajectory,
 )
 from envs.base import ActionResult, Environment, Observation
 
@@ -75,11 +81,13 @@ class Agent:
     """``Agent(env, client, config).run(task)``; ``decide(task, observation)`` for harnesses that act themselves."""
 
     def __init__(self, env: Environment | None, client: ModelClient, config: AgentConfig | None = None,
-                 hooks: AgentHooks | None = None) -> None:
+                 hooks: AgentHooks | None = None, *, safety: Any = DEFAULT_SAFETY) -> None:
+        """``safety``: the action policy; the default one (unattended: what needs confirmation is refused)
+        unless ``hooks`` already hold one; ``safety=None`` turns it off."""
         self.env = env
         self.client = client
         self.config = config or AgentConfig()
-        self.hooks = hooks or AgentHooks()
+        self.hooks, self.safety = install_safety(hooks, env, safety)
         variant = self.config.variant or getattr(client, "variant", "thinking-2506")
         self.defaults = VARIANTS[variant]
         max_tokens = self.config.max_tokens or self.defaults.max_tokens
@@ -118,23 +126,9 @@ class Agent:
         built = self.budget.build(system=system, task_text=task_text, turns=self.turns, current=current)
         decision.timings["build_ms"] = _ms(t)
         t = time.perf_counter()
-        try:
-            reply = self._complete(built.messages)
-        except (ContextLengthExceeded, TooManyImages) as refusal:
-            self.budget.tighten(refusal)
-            built = self.budget.build(system=system, task_text=task_text, turns=self.turns, current=current)
-            built.record.retried_after_refusal = True
-            decision.notes.append(f"server refused for length; trimmed harder and retried: {refusal}")
-            reply = self._complete(built.messages)
+        built, reply = self._ask(built, decision, lambda: self.budget.build(
+            system=system, task_text=task_text, turns=self.turns, current=current))
         decision.timings["model_ms"] = _ms(t)
-        if reply.truncated:
-            decision.notes.append("reply cut off inside the thinking (max_tokens); asked again once")
-            t = time.perf_counter()
-            retry_messages = built.messages + [{"role": "user", "content": (
-                "Your previous reply was cut off before the answer. Think briefly, then give the ## Action: "
-                "and ## Code: sections.")}]
-            reply = self._complete(retry_messages)
-            decision.timings["model_ms"] += _ms(t)
         self.budget.observe_usage(built.record, reply.usage.prompt_tokens)
         decision.reply = reply
         decision.budget = built.record.model_dump()
@@ -158,6 +152,56 @@ class Agent:
             self._notes.append(f"Your previous answer could not be used: {decision.parse_error}. "
                                "Answer again in the required format.")
         return decision
+
+    def _ask(self, built: BuiltRequest, decision: Decision,
+             rebuild: Callable[[], BuiltRequest]) -> tuple[BuiltRequest, ModelReply]:
+        """The model's reply to ``built``; returns it with the request it answered.
+
+        A refusal for size (any of vLLM's overflow wordings, or the image limit) is learned, the request rebuilt
+        smaller and sent once more. A reply the server clamped (cut short of max_tokens for lack of room: the
+        reply reserve was not there) is learned the same way and recorded. A reply cut off inside its thinking
+        is asked again once, after trimming when it was clamped.
+        """
+        try:
+            reply = self._complete(built.messages)
+        except (ContextLengthExceeded, TooManyImages) as refusal:
+            self.budget.tighten(refusal)
+            built = rebuild()
+            built.record.retried_after_refusal = True
+            decision.notes.append(f"server refused for length; trimmed harder and retried: {refusal}")
+            reply = self._complete(built.messages)
+        decision.notes.extend(reply.notices)
+        clamped = self._learn_clamp(reply, built, decision)
+        if reply.truncated:
+            decision.notes.append("reply cut off inside the thinking (max_tokens); asked again once")
+            if clamped is not None:  # make room for the reply before asking again
+                built = rebuild()
+                built.record.reply_clamped = clamped
+            retry_messages = built.messages + [{"role": "user", "content": (
+                "Your previous reply was cut off before the answer. Think briefly, then give the ## Action: "
+                "and ## Code: sections.")}]
+            try:
+                again = self._complete(retry_messages)
+            except (ContextLengthExceeded, TooManyImages) as refusal:
+                self.budget.tighten(refusal)
+                decision.notes.append(f"asking again was refused for length; the next request is trimmed: {refusal}")
+            else:
+                decision.notes.extend(again.notices)
+                self._learn_clamp(again, built, decision)
+                reply = again
+        return built, reply
+
+    def _learn_clamp(self, reply: ModelReply, built: BuiltRequest, decision: Decision) -> str | None:
+        """Tighten the budget after a clamped reply and note it in the step's record; returns the note or None."""
+        if not reply.clamped:
+            return None
+        what = (f"{reply.usage.completion_tokens} of max_tokens={reply.max_tokens} tokens after a "
+                f"{reply.usage.prompt_tokens}-token prompt")
+        self.budget.tighten(reply)
+        built.record.reply_clamped = what
+        decision.notes.append(f"the server clamped the reply ({what}): the reply reserve was not there; the "
+                              "budget was tightened")
+        return what
 
     def _complete(self, messages: list[dict[str, Any]]) -> ModelReply:
         return self.client.complete(messages, temperature=self.config.temperature, max_tokens=self.max_tokens,
@@ -184,8 +228,9 @@ class Agent:
             raise ValueError("Agent.run needs an environment; use decide() for harnesses that act themselves")
         out_dir = Path(self.config.out_dir) if self.config.out_dir else default_run_dir()
         first_step = 1
+        interrupted: StepIntent | None = None
         if resume:
-            first_step = self._restore(out_dir)
+            first_step, interrupted = self._restore(out_dir)
         elif (out_dir / "trajectory.jsonl").exists() and (out_dir / "trajectory.jsonl").stat().st_size:
             raise FileExistsError(f"{out_dir} already holds a trajectory: resume it with --resume {out_dir}, "
                                   "or choose another --out")
@@ -198,7 +243,11 @@ class Agent:
         answer: str | None = None
         error: str | None = None
         step = first_step - 1
+        propagating = False  # an exception is on its way out: a failing run.json must not replace it
         try:
+            if interrupted is not None:
+                step = self._settle_interrupted(interrupted, writer)
+                first_step = step + 1
             for step in range(first_step, self.config.max_steps + 1):
                 record, terminal = self._step(task, step, writer)
                 if terminal is not None:
@@ -214,22 +263,28 @@ class Agent:
         except _StopRun as stop:
             status, error = "stopped", stop.reason
         except (KeyboardInterrupt, SystemExit):
-            status, error = "stopped", "interrupted"
+            status, error, propagating = "stopped", "interrupted", True
             raise
         except Exception as exc:
-            status, error = "error", str(exc)
+            status, error, propagating = "error", str(exc), True
             raise
         finally:
             info.status, info.answer, info.error = status, answer, error
             info.steps, info.finished = step, time.time()
-            writer.write_info(info)
-            writer.close()
+            try:
+                writer.write_info(info)
+            except OSError:
+                if not propagating:
+                    raise
+            finally:
+                writer.close()
         return RunResult(status=status, steps=step, answer=answer, error=error, out_dir=out_dir)
 
-    def _restore(self, out_dir: Path) -> int:
-        """Rebuild the history from a recorded run; returns the next step number."""
+    def _restore(self, out_dir: Path) -> tuple[int, StepIntent | None]:
+        """Rebuild the history from a recorded run: (next step number, the intent of a step killed while its
+        actions ran, or None)."""
+        repair_trajectory(out_dir)  # in place, before reading: a kill during the repair loses no step
         records = read_trajectory(out_dir)
-        _truncate_torn_tail(out_dir / "trajectory.jsonl")
         self.reset()
         for record in records:
             shot = out_dir / record.screenshot
@@ -243,7 +298,79 @@ class Agent:
                                    summary=record.summary, action_text=action_text))
             if any(a.type in ("done", "fail") for a in executed):
                 raise ValueError(f"the run in {out_dir} already finished at step {record.step}; nothing to resume")
-        return (records[-1].step + 1) if records else 1
+        next_step = (records[-1].step + 1) if records else 1
+        intent = read_intent(out_dir)
+        if intent is not None and intent.record.step < next_step:
+            clear_intent(out_dir)  # killed after the step was recorded: nothing is unknown
+            intent = None
+        elif intent is not None and intent.record.step > next_step:
+            raise ValueError(f"{out_dir}/intent.jsonl is for step {intent.record.step}, but the trajectory ends at "
+                             f"step {next_step - 1}: the run directory was changed by hand; remove intent.jsonl to "
+                             "resume without it")
+        return next_step, intent
+
+    def _settle_interrupted(self, intent: StepIntent, writer: TrajectoryWriter) -> int:
+        """Record a step that was killed while its actions ran, without running them again blindly.
+
+        Actions known to have finished keep their results; the one in flight may have run, so by default the
+        model is told so and looks at the screen; ``--step`` asks the user (hook ``on_interrupted_step``).
+        Returns the step number.
+        """
+        record, results = intent.record, list(intent.results)
+        actions = list(record.actions)
+        view = InterruptedStep(step=record.step, actions=actions, finished=len(results))
+        choice = self.hooks.on_interrupted_step(view) or "model"
+        unfinished = actions[len(results):]
+        notes = [*record.notes, "interrupted: the run was killed while this step's actions ran"]
+        stop_reason: str | None = None
+        if not unfinished:
+            notes.append("every action had finished before the kill")
+        elif choice == "ran":
+            results += [ActionResult(ok=True) for _ in unfinished]
+            notes.append("resume: the user said the unfinished actions had run")
+        elif choice == "rerun":
+            notes.append("resume: the user had the unfinished actions run again")
+            writer.resume_intent()
+            stop_reason = self._execute(unfinished, writer, results, notes)
+        else:
+            results.append(ActionResult(ok=False, error=_INTERRUPTED))
+            results += [ActionResult(ok=False, skipped=True, error="not run: the run was killed before it")
+                        for _ in unfinished[1:]]
+            self._notes.append(_interrupted_note(record.step, actions, len(intent.results)))
+        overall = next((r for r in results if not r.ok), results[-1] if results else ActionResult(skipped=True))
+        record = record.model_copy(update={"result": overall, "results": results, "notes": notes})
+        writer.append(record)
+        writer.end_intent()
+        shot = writer.out_dir / record.screenshot
+        mime = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}.get(shot.suffix.lstrip("."), "image/png")
+        action_text = "; ".join(describe(a) for a in actions)
+        if choice == "model" and unfinished:
+            action_text += " (interrupted: may not have run, or only partly)"
+        self.turns.append(Turn(step=record.step, screenshot=shot, mime=mime, image_width=record.image_width,
+                               image_height=record.image_height, user_text=record.user_text,
+                               summary=record.summary, action_text=action_text))
+        self.hooks.on_step_end(record)
+        if stop_reason is not None:
+            raise _StopRun(stop_reason)
+        return record.step
+
+    def _execute(self, actions: list[Action], writer: TrajectoryWriter, results: list[ActionResult],
+                 notes: list[str]) -> str | None:
+        """Run ``actions`` in order (results appended, progress recorded); returns a reason to stop the run."""
+        assert self.env is not None
+        for action in actions:
+            try:
+                result = self.env.execute(action)
+            except FailSafeTriggered as exc:  # the pointer went to a screen corner: the person stops the run
+                results.append(ActionResult(ok=False, error=str(exc)))
+                writer.intent_progress(len(results), results[-1])
+                return f"pyautogui fail-safe: {exc}"
+            results.append(result)
+            writer.intent_progress(len(results), result)
+            if not result.ok:
+                self._notes.append(f"The action '{describe(action)}' failed: {result.error}")
+                break
+        return None
 
     def _step(self, task: str, step: int, writer: TrajectoryWriter) -> tuple[StepRecord, tuple[RunStatus, str | None] | None]:
         assert self.env is not None
@@ -276,43 +403,41 @@ class Agent:
         results: list[ActionResult] = []
         terminal: tuple[RunStatus, str | None] | None = None
         stop_reason = (verdict.reason or "stopped by a hook") if verdict.verdict == "stop" else None
-        t = time.perf_counter()
-        if verdict.verdict == "skip":
-            results = [ActionResult(ok=True, skipped=True) for _ in actions]
-        elif verdict.verdict != "stop":
-            for action in actions:
-                if isinstance(action, Done):
-                    terminal = ("done", action.answer)
-                    results.append(ActionResult())
-                    break
-                if isinstance(action, Fail):
-                    terminal = ("fail", action.reason)
-                    results.append(ActionResult())
-                    break
-                try:
-                    result = self.env.execute(action)
-                except FailSafeTriggered as exc:  # the pointer went to a screen corner: the person stops the run
-                    results.append(ActionResult(ok=False, error=str(exc)))
-                    stop_reason = f"pyautogui fail-safe: {exc}"
-                    break
-                results.append(result)
-                if not result.ok:
-                    self._notes.append(f"The action '{describe(action)}' failed: {result.error}")
-                    break
-        execute_ms = _ms(t)
-        overall = next((r for r in results if not r.ok), results[-1] if results else ActionResult(skipped=True))
-        record = StepRecord(
+        # The step as decided, before anything runs: written as the intent when actions touch the desktop.
+        draft = StepRecord(
             step=step, screenshot=shot, image_width=observation.width, image_height=observation.height,
             monitor=observation.geometry.monitor, response=decision.reply.text if decision.reply else "",
             thinking=decision.reply.thinking if decision.reply else "",
             summary=decision.reply.summary if decision.reply else "",
-            action=actions[0] if actions else None, actions=actions, result=overall, results=results,
+            action=actions[0] if actions else None, actions=actions,
             parse_error=decision.parse_error, usage=decision.reply.usage if decision.reply else Usage(),
             budget=decision.budget, user_text=decision.user_text, decided_by=decided_by, notes=notes,
             timings={"observe_ms": observe_ms, "save_ms": save_ms, **decision.timings,
-                     "execute_ms": execute_ms, **{k: v for k, v in observation.timings_ms.items()}},
+                     **{k: v for k, v in observation.timings_ms.items()}},
         )
+        t = time.perf_counter()
+        if verdict.verdict == "skip":
+            results = [ActionResult(ok=True, skipped=True) for _ in actions]
+        elif verdict.verdict != "stop":
+            if any(not isinstance(a, (Done, Fail, Wait)) for a in actions):
+                writer.begin_intent(draft)  # durable before the first action runs: a resume never redoes blindly
+            runnable: list[Action] = []
+            for action in actions:
+                if isinstance(action, (Done, Fail)):
+                    terminal = ("done", action.answer) if isinstance(action, Done) else ("fail", action.reason)
+                    break
+                runnable.append(action)
+            stop_reason = self._execute(runnable, writer, results, notes)
+            if stop_reason is not None or len(results) < len(runnable) or not all(r.ok for r in results):
+                terminal = None  # a failed action before done/fail: the model sees the failure first
+            elif terminal is not None:
+                results.append(ActionResult())
+        execute_ms = _ms(t)
+        overall = next((r for r in results if not r.ok), results[-1] if results else ActionResult(skipped=True))
+        record = draft.model_copy(update={"result": overall, "results": results,
+                                          "timings": {**draft.timings, "execute_ms": execute_ms}})
         writer.append(record)
+        writer.end_intent()
         self.remember(step, writer.out_dir / shot, observation, decision, actions if verdict.verdict != "skip" else [])
         self.hooks.on_step_end(record)
         # httpx keeps each sent request body (megabytes of base64 screenshots) in reference cycles until a full
@@ -337,8 +462,16 @@ def _server_max_len(client: ModelClient) -> int | None:
         return None
 
 
-def _truncate_torn_tail(path: Path) -> None:
-    """Drop a half-written last line (the step in flight when a run was killed) before appending again."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+_INTERRUPTED = ("interrupted: the run was killed while this action ran; it may have run completely, partly or "
+                "not at all")
+
+
+def _interrupted_note(step: int, actions: list[Action], finished: int) -> str:
+    """What the model is told about a step killed while its actions ran (so it looks before redoing)."""
+    text = f"Step {step} was interrupted (the run was killed, then resumed) while its actions ran. "
+    if finished:
+        text += f"These finished: {'; '.join(describe(a) for a in actions[:finished])}. "
+    text += f"This may have run completely, partly or not at all: {describe(actions[finished])}. "
+    if actions[finished + 1:]:
+        text += f"These did not run: {'; '.join(describe(a) for a in actions[finished + 1:])}. "
+    return text + "Look at the screenshot to see what happened before doing any of it again."

@@ -23,6 +23,15 @@ class ModelReply(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     model: str = ""
     latency_ms: float = 0.0
+    max_tokens: int | None = None  # the reply limit the request asked for (after any lowering for the session)
+    notices: list[str] = Field(default_factory=list)  # what the client changed on its own to get this reply
+
+    @property
+    def clamped(self) -> bool:
+        """The server stopped the reply short of ``max_tokens`` for lack of room (vLLM >= 0.10 clamps instead of
+        refusing when the prompt fits but prompt + max_tokens does not): the reply reserve was not there."""
+        used = self.usage.completion_tokens
+        return (self.finish_reason == "length" and self.max_tokens is not None and 0 < used < self.max_tokens)
 
 
 def split_thinking(text: str) -> tuple[str, str, bool]:

@@ -116,8 +116,16 @@ class LocalDesktop:
         return ActionResult(ok=error is None, error=error, duration_ms=duration_ms,
                             settle_ms=round(report.waited_ms, 2), settled=report.settled)
 
+    def focused_window(self) -> tuple[int, str] | None:
+        """(id, WM_CLASS) of the window with the keyboard focus, or None (the safety policy asks per step)."""
+        from envs.windows import focused_window
+
+        return focused_window(self.display)
+
     def close(self) -> None:
         self._settled = None
+        if self._executor is not None:
+            self._executor.close()
         self._encoder.close()
         self._capture.close()
 

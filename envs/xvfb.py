@@ -1,16 +1,61 @@
-"""A private virtual desktop: Xvfb on a free display, optionally a window manager, always cleaned up."""
+"""A private virtual desktop: Xvfb on a free display, optionally a window manager, always cleaned up.
+
+Cleaned up even when this process is killed with SIGKILL: every program started here gets a parent-death
+signal (``die_with_parent``), so Xvfb, the window manager and launched programs never outlive kimi-cua.
+"""
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from envs.base import DisplayError
 
 INSTALL_HINT = "install it with: apt-get install -y xvfb xauth openbox xdotool xclip x11-utils"
+DISPLAYS_ENV = "KIMI_CUA_DISPLAYS"  # e.g. "80-89": the display numbers this process may take (default: any free)
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` giving the child ``sig`` when this process dies, SIGKILL included (Linux prctl
+    PR_SET_PDEATHSIG). None where that cannot hold: off Linux, or off the main thread (the kernel sends the
+    signal when the *thread* that started the child ends, and a worker thread may end before the process)."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def _display_numbers() -> list[int] | None:
+    """The display numbers allowed by $KIMI_CUA_DISPLAYS ("80-89" or "80,81"), or None for any free one."""
+    spec = os.environ.get(DISPLAYS_ENV, "").strip()
+    if not spec:
+        return None
+    numbers: list[int] = []
+    try:
+        for part in spec.split(","):
+            low, _, high = part.strip().lstrip(":").partition("-")
+            numbers.extend(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise DisplayError(f"${DISPLAYS_ENV}={spec!r} is not a display range like 80-89") from None
+    return numbers
 
 
 class VirtualDisplay:
@@ -27,9 +72,13 @@ class VirtualDisplay:
         depth: int = 24,
         window_manager: str | None = "openbox",
         start_timeout: float = 10.0,
+        launcher: Callable[..., subprocess.Popen] | None = None,
     ) -> None:
+        """``launcher``: starts the window manager instead of ``subprocess.Popen`` (same arguments), e.g. inside
+        a sandbox: its menus can start programs."""
         self.width, self.height, self.depth = width, height, depth
         self.window_manager = window_manager
+        self.launcher = launcher
         self.start_timeout = start_timeout
         self.display: str = ""
         self._xvfb: subprocess.Popen[bytes] | None = None
@@ -45,25 +94,42 @@ class VirtualDisplay:
     def start(self) -> "VirtualDisplay":
         if shutil.which("Xvfb") is None:
             raise DisplayError(f"--env virtual needs Xvfb, which is not installed; {INSTALL_HINT}")
-        read_fd, write_fd = os.pipe()
-        self._xvfb = subprocess.Popen(
-            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{self.width}x{self.height}x{self.depth}",
-             "-nolisten", "tcp", "-noreset", "+extension", "RANDR"],
-            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        os.close(write_fd)
-        number = self._read_display_number(read_fd)
+        allowed = _display_numbers()
+        candidates: list[int | None] = list(allowed) if allowed else [None]
+        for index, wanted in enumerate(candidates):
+            try:
+                number = self._start_xvfb(wanted)
+                break
+            except DisplayError:
+                if index == len(candidates) - 1:
+                    if allowed:
+                        raise DisplayError(f"no free X display among ${DISPLAYS_ENV}={os.environ[DISPLAYS_ENV]}; "
+                                           "stop the Xvfb servers using them or widen the range") from None
+                    raise
         self.display = f":{number}"
         if self.window_manager:
             if shutil.which(self.window_manager) is None:
                 self.stop()
                 raise DisplayError(f"window manager {self.window_manager!r} is not installed; {INSTALL_HINT}, "
                                    "or pass window_manager=None")
-            self._wm = subprocess.Popen([self.window_manager], env=self.env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+            self._wm = (self.launcher or subprocess.Popen)([self.window_manager], env=self.env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=die_with_parent())
             time.sleep(0.2)  # let the WM take over the root window before clients map
         return self
+
+    def _start_xvfb(self, wanted: int | None) -> int:
+        """Start Xvfb on display ``wanted`` (None: the first free one); returns the display number."""
+        read_fd, write_fd = os.pipe()
+        where = [f":{wanted}"] if wanted is not None else []
+        self._xvfb = subprocess.Popen(
+            ["Xvfb", *where, "-displayfd", str(write_fd), "-screen", "0", f"{self.width}x{self.height}x{self.depth}",
+             "-nolisten", "tcp", "-noreset", "+extension", "RANDR"],
+            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=die_with_parent(),
+        )
+        os.close(write_fd)
+        return self._read_display_number(read_fd)
 
     def _read_display_number(self, read_fd: int) -> int:
         deadline = time.monotonic() + self.start_timeout

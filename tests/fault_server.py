@@ -4,7 +4,11 @@
 - ``Fault(reply=Reply(status=429), headers={"Retry-After": "1"})``: any loopback reply plus extra headers;
 - ``Fault(hang_up=True)``: read the request, then close the connection without a word;
 - ``Fault(stream=[b'data: {...}', ...])``: a hand-written SSE body (each item sent as one event), so tests
-  can send garbage chunks, error events, or a stream that ends after ``finish_reason`` without ``[DONE]``.
+  can send garbage chunks, error events, or a stream that ends after ``finish_reason`` without ``[DONE]``;
+  ``pace=S`` waits S seconds before each event (keep-alive comments every 0.5 s ...);
+- ``Fault(trickle=b'...', pace=S)``: 200 and a body sent one byte every S seconds (``content_type`` says what).
+
+``server.headers`` holds the request headers of every POST, in order.
 
 ``MemoryDesktop`` is an in-memory Environment (a solid-colour screenshot) for loop-level fault tests.
 """
@@ -14,6 +18,7 @@ import io
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +35,9 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     hang_up: bool = False
     stream: list[bytes] | None = None
+    pace: float = 0.0  # seconds before each stream event, or each byte of ``trickle``
+    trickle: bytes | None = None  # a 200 body sent one byte at a time
+    content_type: str = "text/event-stream"
 
 
 def chunk(content: str | None = None, finish: str | None = None) -> bytes:
@@ -49,6 +57,7 @@ class FaultServer(LoopbackServer):
     def __init__(self, policy: Any, **kwargs: Any) -> None:
         super().__init__(policy, **kwargs)
         self._current = threading.local()
+        self.headers: list[dict[str, str]] = []
         self._httpd.RequestHandlerClass = _fault_handler(self)
 
     def next_reply(self, body: dict[str, Any]) -> Reply:
@@ -61,7 +70,7 @@ class FaultServer(LoopbackServer):
                 self._next += 1
         self._current.headers = {}
         if isinstance(answer, Fault):
-            if answer.hang_up or answer.stream is not None:
+            if answer.hang_up or answer.stream is not None or answer.trickle is not None:
                 raise _Intercept(answer)
             self._current.headers = answer.headers
             answer = answer.reply or Reply()
@@ -79,6 +88,8 @@ def _fault_handler(server: FaultServer) -> type:
             super().end_headers()
 
         def do_POST(self) -> None:
+            with server._lock:
+                server.headers.append({k.lower(): v for k, v in self.headers.items()})
             try:
                 super().do_POST()
             except _Intercept as intercepted:
@@ -90,13 +101,22 @@ def _fault_handler(server: FaultServer) -> type:
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Type", fault.content_type)
+            if fault.trickle is not None:
+                self.send_header("Content-Length", str(len(fault.trickle)))
             self.send_header("Connection", "close")
             self.end_headers()
-            for event in fault.stream or []:
-                self.wfile.write(event + b"\n\n")
-                self.wfile.flush()
             self.close_connection = True
+            pieces = ([fault.trickle[i:i + 1] for i in range(len(fault.trickle))] if fault.trickle is not None
+                      else [event + b"\n\n" for event in fault.stream or []])
+            try:
+                for piece in pieces:
+                    if fault.pace:
+                        time.sleep(fault.pace)
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+            except OSError:
+                pass  # the client gave up (a deadline): stop sending
 
     return FaultHandler
 

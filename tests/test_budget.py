@@ -13,9 +13,11 @@ import pytest
 from PIL import Image
 
 from agent.budget import BudgetExceeded, ContextBudget
-from agent.models.vllm import ContextLengthExceeded, TooManyImages, VLLMClient
+from agent.models.vllm import ContextLengthExceeded, TooManyImages, VLLMClient, classify_refusal
+from agent.reply import ModelReply
 from agent.history import CONDENSED_HEADER, CurrentView, HistoryError, Turn
 from tests.loopback import LoopbackServer
+from tests.models.test_vllm_faults import OVERFLOWS
 
 SYSTEM = "You operate a Linux desktop. Answer with ## Action: and ## Code:."
 TASK = "Task: open the text editor and write a haiku about context windows."
@@ -232,29 +234,100 @@ def test_an_episode_against_the_enforcing_server_is_never_refused_and_fills_the_
     assert min(fills[15:]) >= 0.8
 
 
-def test_length_refusal_is_learned_and_the_retry_is_accepted(tmp_path: Path) -> None:
-    class Undercount:  # a tokenizer that is badly wrong: the server will refuse
-        name = "undercount"
+class Undercount:
+    """A tokenizer that counts 1 token per ``chars`` characters: wrong, so the server refuses."""
 
-        def count(self, text: str) -> int:
-            return len(text) // 50
+    def __init__(self, chars: float) -> None:
+        self.name, self.chars = f"undercount/{chars}", chars
 
-    wordy = "## Action: read the page\n" + "words and more words " * 200
-    turns = [turn(tmp_path, s, 560, 560, summary=wordy) for s in range(1, 16)]
-    with LoopbackServer(["ok"] * 3, max_model_len=16384) as server:
+    def count(self, text: str) -> int:
+        return int(len(text) / self.chars)
+
+
+# Each vLLM wording of an overflow, made by the loopback from a history our undercounting tokenizer thinks fits.
+# (version, tokenizer chars per token, turns, image side, summary characters, the wording the server answers)
+LENGTH_REFUSALS = [
+    ("0.9", 50, 15, 560, 4200, "requested"),  # prompt + max_tokens refused, exact count "(X in the messages"
+    ("0.32", 50, 11, 1280, 1500, "input-length"),  # text fits, screenshots push it over: exact count
+    ("0.32", 4.5, 12, 280, 4200, "input-tokens"),  # text alone over: "at least max_model_len + 1", a lower bound
+]
+
+
+@pytest.mark.parametrize("version, chars, n, side, summary_chars, wording", LENGTH_REFUSALS,
+                         ids=[f"{r[0]}-{r[5]}" for r in LENGTH_REFUSALS])
+def test_length_refusal_is_learned_and_the_retry_is_accepted(tmp_path: Path, version, chars, n, side,
+                                                             summary_chars, wording) -> None:
+    wordy = ("## Action: read the page\n" + "words and more words " * 400)[:summary_chars]
+    turns = [turn(tmp_path, s, side, side * 9 // 16 if side > 600 else side, summary=wordy) for s in range(1, n + 1)]
+    with LoopbackServer(["ok"] * 3, max_model_len=16384, vllm_version=version) as server:
         client = VLLMClient(server.base_url, retries=0)
-        budget = ContextBudget(max_model_len=16384, reply_reserve=1024, margin=256, counter=Undercount())
+        budget = ContextBudget(max_model_len=16384, reply_reserve=1024, margin=256, counter=Undercount(chars))
         built = build(budget, turns)
+        assert not built.record.trimmed  # the estimate says it fits
         with pytest.raises(ContextLengthExceeded) as refusal:
             client.complete(built.messages, max_tokens=budget.reply_reserve)
+        assert refusal.value.overflow.wording == wording
         budget.tighten(refusal.value)
         retry = build(budget, turns)
         reply = client.complete(retry.messages, max_tokens=budget.reply_reserve)
         client.close()
-    assert retry.record.retried_after_refusal and "maximum context length" in retry.record.refusal
+    assert retry.record.retried_after_refusal and retry.record.refusal == refusal.value.server_message
     assert retry.record.trimmed and "server refusal" in retry.record.trim_reasons
     assert reply.usage.prompt_tokens <= budget.budget_tokens
-    assert len(server.refusals) == 1
+    assert len(server.refusals) == 1 and server.clamps == []
+
+
+def test_a_clamped_reply_is_learned_like_a_refusal(tmp_path: Path) -> None:
+    """vLLM 0.32 does not refuse prompt + max_tokens over the limit: it cuts the reply to the room left."""
+    wordy = ("## Action: read the page\n" + "words and more words " * 400)[:3000]
+    turns = [turn(tmp_path, s, 560, 560, summary=wordy) for s in range(1, 9)]
+    thinking = "◁think▷" + "look at the page again " * 800  # ~6000 tokens: more than the room left
+    with LoopbackServer([thinking, "ok"], max_model_len=16384) as server:
+        client = VLLMClient(server.base_url, retries=0)
+        budget = ContextBudget(max_model_len=16384, reply_reserve=4096, margin=256, counter=Undercount(6))
+        built = build(budget, turns)
+        reply = client.complete(built.messages, max_tokens=budget.reply_reserve)
+        assert reply.clamped and reply.finish_reason == "length"
+        budget.tighten(reply)
+        retry = build(budget, turns)
+        again = client.complete(retry.messages, max_tokens=budget.reply_reserve)
+        client.close()
+    [clamp] = server.clamps
+    assert clamp["prompt_tokens"] + clamp["room"] == 16384 and clamp["room"] < 4096
+    assert server.refusals == []
+    assert retry.record.retried_after_refusal and "reply clamped" in retry.record.refusal
+    assert retry.record.trimmed and retry.record.images_sent < built.record.images_sent
+    assert again.usage.prompt_tokens < reply.usage.prompt_tokens
+    assert again.usage.prompt_tokens + budget.reply_reserve <= 16384  # the reserve is there now
+    assert not again.clamped
+
+
+@pytest.mark.parametrize("message, wording, limit, prompt, at_least, completion", OVERFLOWS,
+                         ids=[o[1] + ("-at-least" if o[4] else "") for o in OVERFLOWS])
+def test_tighten_learns_from_every_overflow_wording(tmp_path: Path, message, wording, limit, prompt, at_least,
+                                                    completion) -> None:
+    for refusal in (classify_refusal(400, message, "http://gpu/v1"), RuntimeError(message)):  # typed or not
+        budget = ContextBudget(max_model_len=131072, reply_reserve=1024, margin=256)
+        first = build(budget, [turn(tmp_path, s) for s in range(1, 4)])
+        budget.tighten(refusal)
+        assert budget.max_model_len == limit
+        if prompt is not None:  # the server's count teaches the text scale
+            assert budget.calibration.observations == 1
+        retry = build(budget, [turn(tmp_path, s) for s in range(1, 4)])
+        assert retry.record.refusal == message and retry.record.retried_after_refusal
+        assert retry.record.max_model_len == limit and first.record.max_model_len == 131072
+
+
+def test_tighten_learns_the_limit_from_a_max_tokens_refusal() -> None:
+    budget = ContextBudget(max_model_len=131072, reply_reserve=1024, margin=256)
+    budget.tighten(classify_refusal(400, "max_tokens=8192 cannot be greater than max_model_len=4096. Please request "
+                                         "fewer output tokens. (parameter=max_tokens, value=8192)", "http://gpu/v1"))
+    assert budget.max_model_len == 4096
+
+
+def test_tighten_rejects_a_reply_that_was_not_clamped() -> None:
+    with pytest.raises(TypeError, match="not clamped"):
+        ContextBudget().tighten(ModelReply(text="ok", finish_reason="stop", max_tokens=100))
 
 
 def test_image_count_refusal_teaches_the_server_limit(tmp_path: Path) -> None:
@@ -274,5 +347,5 @@ def test_image_count_refusal_teaches_the_server_limit(tmp_path: Path) -> None:
 
 
 def test_tighten_rejects_errors_that_are_not_refusals_for_size() -> None:
-    with pytest.raises(TypeError, match="context-length and image-count refusals"):
+    with pytest.raises(TypeError, match="context-length and image-count refusals and clamped replies"):
         ContextBudget().tighten(RuntimeError("connection reset"))

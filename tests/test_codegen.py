@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actions.codegen import needs_clipboard, osworld_action, to_pyautogui_code
+from actions.codegen import encode_text, needs_clipboard, osworld_action, to_pyautogui_code
 from actions.parser import parse_summary
 from actions.types import Click, Done, Drag, Fail, Hotkey, Move, Point, Press, Scroll, TypeText, Wait
 
@@ -23,7 +23,6 @@ parseable = st.one_of(
     st.builds(Drag, end=point),
     st.builds(Scroll, dy=st.integers(-50, 50), at=st.none() | point),
     st.builds(Scroll, dx=st.integers(-50, 50).filter(bool), at=st.none() | point),
-    st.builds(TypeText, text=ascii_text.filter(bool), at=st.none() | point),
     st.builds(Press, key=key, count=st.integers(1, 100)),
     st.builds(Hotkey, keys=st.lists(key, min_size=1, max_size=4)),
     st.builds(Wait, seconds=st.sampled_from([0, 0.5, 1.0, 2.5, 60])),
@@ -34,10 +33,7 @@ parseable = st.one_of(
 @given(parseable)
 def test_generated_code_parses_back_to_the_same_action(action):
     code = to_pyautogui_code(action)
-    expected = [action]
-    if isinstance(action, TypeText) and action.at is not None:  # written as a click, then the typing
-        expected = [Click(at=action.at), action.model_copy(update={"at": None})]
-    assert parse_summary(f"```python\n{code}\n```") == expected
+    assert parse_summary(f"```python\n{code}\n```") == [action]
 
 
 def test_scroll_on_both_axes_becomes_two_calls_that_parse_back():
@@ -60,21 +56,51 @@ def test_code_is_plain_pyautogui(action, code):
     assert to_pyautogui_code(action) == code
 
 
-def test_osworld_words_for_wait_done_fail():
-    assert [osworld_action(a) for a in (Wait(seconds=3), Done(answer="x"), Fail(reason="y"))] == ["WAIT", "DONE", "FAIL"]
+def test_osworld_words_for_done_fail_and_a_wait_that_really_waits():
+    # WAIT would sleep --sleep_after_execution (0 s by default in OSWorld's runners): a wait is code that sleeps.
+    assert [osworld_action(a) for a in (Wait(seconds=3), Done(answer="x"), Fail(reason="y"))] == [
+        "time.sleep(3)", "DONE", "FAIL"]
     assert osworld_action(Click(at=Point(x=1, y=2))) == "pyautogui.click(x=1, y=2)"
+
+
+def _run_typing(code: str) -> list[tuple[str, object]]:
+    """Execute generated typing code with pyautogui and subprocess replaced by recorders."""
+    import base64
+    import types
+
+    seen: list[tuple[str, object]] = []
+    pg = types.SimpleNamespace(write=lambda t: seen.append(("write", t)), click=lambda **k: seen.append(("click", k)),
+                               hotkey=lambda *k: seen.append(("hotkey", k)))
+    sp = types.SimpleNamespace(run=lambda cmd, input, **k: seen.append(("xclip", input)), DEVNULL=-3)
+    real_import = __import__
+
+    def fake_import(name, *args, **kwargs):
+        return sp if name == "subprocess" else base64 if name == "base64" else real_import(name, *args, **kwargs)
+
+    exec(code, {"pyautogui": pg, "__builtins__": dict(__builtins__ if isinstance(__builtins__, dict)
+                                                        else vars(__builtins__), __import__=fake_import)})
+    return seen
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=60))
-def test_any_text_is_a_quoted_literal_never_code(text):
+def test_text_never_appears_as_a_literal_and_decodes_exactly(text):
     code = to_pyautogui_code(TypeText(text=text))
-    calls = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call)]
     literals = [n.value for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-    assert text in literals
-    names = {ast.unparse(c.func) for c in calls}
-    allowed = {"pyautogui.write"} if not needs_clipboard(text) else {"subprocess.run", "pyautogui.hotkey", "encode"}
-    assert {n.rsplit(".", 1)[-1] if n.endswith(".encode") else n for n in names} <= allowed
+    assert all(set(v) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") or
+               v in ("xclip", "-selection", "clipboard", "utf-8", "surrogatepass", "ctrl", "v") for v in literals)
+    names = {ast.unparse(c.func) for c in ast.walk(ast.parse(code)) if isinstance(c, ast.Call)}
+    if needs_clipboard(text):
+        assert names <= {"subprocess.run", "pyautogui.hotkey", "base64.b64decode"}
+        assert _run_typing(code) == [("xclip", text.encode("utf-8", "surrogatepass")), ("hotkey", ("ctrl", "v"))]
+    else:
+        assert names <= {"pyautogui.write", "base64.b64decode", "base64.b64decode('%s').decode" % encode_text(text)}
+        assert _run_typing(code) == [("write", text)]
+
+
+def test_typing_at_a_point_clicks_first():
+    assert _run_typing(to_pyautogui_code(TypeText(text="abc", at=Point(x=3, y=4)))) == [
+        ("click", {"x": 3, "y": 4}), ("write", "abc")]
 
 
 @pytest.mark.parametrize("text", ["日本語", "a<b", "😀", "naïve"])

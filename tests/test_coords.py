@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from actions.coords import Monitor, OutOfScreenError, reading_of, to_screen
+from actions.coords import MixedFramesError, Monitor, OutOfScreenError, reading_of, to_screen
 from actions.parser import parse_summary
 from actions.types import Click, Drag, Point, Scroll, TypeText, Wait
 
@@ -50,18 +50,22 @@ def test_out_of_screen_points_are_refused_not_clamped():
 
 
 def test_mode_forces_a_reading():
-    assert screen("pyautogui.click(x=1, y=1)", shown=(100, 100), monitor=Monitor(width=100, height=100)).at == Point(x=99, y=99)
-    forced = screen("pyautogui.click(x=1, y=1)", shown=(100, 100), monitor=Monitor(width=100, height=100), mode="pixels")
-    assert forced.at == Point(x=1, y=1)
+    small = {"shown": (100, 100), "monitor": Monitor(width=100, height=100)}
+    assert screen("pyautogui.click(x=1, y=1)", **small, mode="normalized").at == Point(x=99, y=99)
+    assert screen("pyautogui.click(x=1.0, y=1.0)", **small, mode="pixels").at == Point(x=1, y=1)
     with pytest.raises(OutOfScreenError):
         screen("pyautogui.click(x=5, y=5)", mode="normalized")
 
 
 def test_one_reading_per_action_covers_both_drag_points():
-    drag = Drag(start=Point(x=0.5, y=0.5), end=Point(x=100, y=100))
+    drag = Drag(start=Point(x=0, y=1), end=Point(x=100, y=100))
     assert reading_of(drag) == "pixels"
     got = to_screen(drag, shown_width=1920, shown_height=1080, monitor=FULL_HD)
-    assert (got.start, got.end) == (Point(x=0, y=0), Point(x=100, y=100))
+    assert (got.start, got.end) == (Point(x=0, y=1), Point(x=100, y=100))
+    # A fraction beside pixels in one action is two frames at once: refused, never read as pixel (0, 0).
+    with pytest.raises(MixedFramesError, match="mixes normalized and pixel"):
+        to_screen(Drag(start=Point(x=0.5, y=0.5), end=Point(x=100, y=100)), shown_width=1920, shown_height=1080,
+                  monitor=FULL_HD)
 
 
 @pytest.mark.parametrize("action", [Wait(), Scroll(dy=3), TypeText(text="x"), Click()])

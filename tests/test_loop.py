@@ -6,7 +6,7 @@ import json
 import pytest
 
 from actions.types import Click, Point
-from agent.models.vllm import VLLMClient
+from agent.models.vllm import EncoderCacheTooSmall, VLLMClient
 from agent.hooks import AgentHooks, HookDecision
 from agent.loop import Agent, AgentConfig
 from agent.trajectory import read_info, read_trajectory
@@ -122,3 +122,82 @@ def test_a_second_run_into_a_used_directory_is_refused(tmp_path):
         run(server, tmp_path)
         with pytest.raises(FileExistsError, match="--resume"):
             run(server, tmp_path)
+
+
+# ---- what the server refuses or cuts short, in a run (issue 14) ----------------------------------------------------
+def big_run(server, tmp_path, *, max_steps=10, **config):
+    """A run on a 1920x1080 desktop (2,695 tokens a screenshot) whose budget believes in a 128K context."""
+    desktop = MemoryDesktop(1920, 1080)
+    client = VLLMClient(server.base_url, retries=0)
+    config = {"max_context": 131072, **config}
+    agent = Agent(desktop, client, AgentConfig(max_steps=max_steps, out_dir=tmp_path / "run", **config))
+    return agent, desktop, agent.run("click the middle, then finish")
+
+
+@pytest.mark.parametrize("version, wording", [
+    ("0.32", "Input length"),  # screenshots push the prompt over max_model_len
+    ("0.9", "in the messages"),  # prompt + max_tokens over max_model_len
+])
+def test_an_overflow_refusal_trims_harder_and_the_run_goes_on(tmp_path, version, wording):
+    with LoopbackServer([CLICK] * 6 + [DONE], max_model_len=16384, vllm_version=version) as server:
+        _, desktop, result = big_run(server, tmp_path)
+        refusals = list(server.refusals)
+    assert result.status == "done" and len(desktop.executed) == 6
+    assert len(refusals) == 1 and wording in refusals[0]
+    steps = read_trajectory(tmp_path / "run")
+    [refused] = [s for s in steps if s.budget["retried_after_refusal"]]
+    assert any("refused for length; trimmed harder and retried" in n for n in refused.notes)
+    assert refused.budget["max_model_len"] == 16384 and refused.budget["refusal"] == refusals[0]
+    later = steps[steps.index(refused) + 1:]
+    assert later and all(s.usage.prompt_tokens + 8192 <= 16384 for s in later)  # the reply reserve is there
+
+
+def test_a_reply_clamped_inside_its_thinking_tightens_the_budget_and_is_asked_again(tmp_path):
+    long_thinking = "◁think▷" + "hmm " * 8000  # ~10,700 tokens: more than the room left at step 3
+    with LoopbackServer([CLICK, CLICK, long_thinking, CLICK, DONE], max_model_len=16384) as server:
+        _, desktop, result = big_run(server, tmp_path)
+        requests, clamps, refusals = server.requests, list(server.clamps), list(server.refusals)
+    assert result.status == "done" and len(desktop.executed) == 3 and refusals == []
+    assert len(clamps) == 1 and clamps[0]["prompt_tokens"] + clamps[0]["room"] == 16384
+    third = read_trajectory(tmp_path / "run")[2]
+    assert third.parse_error is None and third.actions  # the answer asked for again was used
+    assert third.budget["reply_clamped"] == (f"{clamps[0]['room']} of max_tokens=8192 tokens after a "
+                                             f"{clamps[0]['prompt_tokens']}-token prompt")
+    assert third.budget["retried_after_refusal"] and "reply clamped" in third.budget["refusal"]
+    assert any("clamped the reply" in n for n in third.notes) and any("asked again once" in n for n in third.notes)
+    assert len(requests) == 5 and "cut off" in json.dumps(requests[3]["messages"][-1])
+    assert image_count(requests[3]) < image_count(requests[2])  # trimmed before asking again
+
+
+def image_count(request: dict) -> int:
+    return sum(1 for m in request["messages"] if isinstance(m["content"], list)
+               for part in m["content"] if part.get("type") == "image_url")
+
+
+def test_a_screenshot_over_the_encoder_cache_ends_the_run_with_the_fix_and_no_retry(tmp_path):
+    with LoopbackServer([CLICK, DONE], encoder_cache_size=2048) as server:
+        with pytest.raises(EncoderCacheTooSmall, match="--max-num-batched-tokens >= 2691"):
+            big_run(server, tmp_path)
+        assert len(server.requests) == 1
+    info = read_info(tmp_path / "run")
+    assert info.status == "error" and "--max-num-batched-tokens >= 2691" in info.error
+
+
+def test_max_tokens_lowered_by_the_client_is_noted_in_the_step(tmp_path):
+    with LoopbackServer([CLICK, DONE], max_model_len=4096) as server:
+        _, desktop, result = run(server, tmp_path, reply_reserve=1024)  # max_tokens stays the variant's 8192
+        asked = [r["max_tokens"] for r in server.requests]
+    assert result.status == "done" and asked == [8192, 2048, 2048]
+    first, second = read_trajectory(tmp_path / "run")
+    assert any("max_model_len=4096" in n and "max_tokens=2048" in n for n in first.notes)
+    assert not any("max_tokens=2048" in n for n in second.notes)
+
+
+def test_the_thinking_is_stored_once_per_step(tmp_path):
+    with LoopbackServer([CLICK, DONE]) as server:
+        run(server, tmp_path)
+    line = json.loads((tmp_path / "run" / "trajectory.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    thinking = "Let me look at the screen. Maybe click(x=0.99, y=0.99)? No, that is the corner."
+    assert line["response"] == CLICK and line["thinking"] is None  # once, inside the raw response
+    assert json.dumps(line, ensure_ascii=False).count(thinking) == 1
+    assert read_trajectory(tmp_path / "run")[0].thinking == thinking  # read back whole

@@ -15,11 +15,22 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from agent.models.vllm import DEFAULT_BASE_URL, ServerError, TooManyImages, VLLMClient, image_part
+from agent.models.vllm import (
+    DEFAULT_BASE_URL,
+    ContextLengthExceeded,
+    EmptyReply,
+    EncoderCacheTooSmall,
+    ServerError,
+    TooManyImages,
+    VLLMClient,
+    image_part,
+)
 from agent.tokens import IMAGE_WRAPPER_TOKENS, image_tokens, in_token_limit_for
 
 Status = Literal["ok", "warn", "fail", "skip"]
 X11_PACKAGES = "apt-get install -y xvfb xauth openbox xdotool xclip x11-utils"
+DEFAULT_SIZE = (1920, 1080)  # what `kimi-cua run --env virtual` shows the model when no --size is given
+TEXT_MARGIN = 512  # tokens a step's prompt spends besides its screenshots (system prompt, task, history text)
 
 
 class Check(BaseModel):
@@ -40,7 +51,8 @@ class DoctorSettings(BaseModel):
     api_key: str | None = None
     max_context: int | None = None  # None: the agent uses the server's max_model_len
     max_images: int = 64
-    reply_reserve: int = 8192
+    max_tokens: int | None = None  # the agent's reply limit (None: the variant's default, as `run` does)
+    size: tuple[int, int] | None = None  # the screenshot size `run` will send (None: the screen's, else 1920x1080)
     timeout: float = 30.0
 
 
@@ -157,7 +169,8 @@ def _tiny_png() -> bytes:
 
 
 def server_checks(settings: DoctorSettings, screen: ScreenInfo | None) -> list[Check]:
-    """Reachability, served models, context and image limits versus the agent's settings, round-trip time."""
+    """Reachability, served models, context, reply limit, one real-size screenshot and the image limit versus the
+    agent's settings, round-trip time."""
     client = VLLMClient(settings.base_url, model=settings.model, api_key=settings.api_key,
                         timeout=settings.timeout, retries=0)
     try:
@@ -167,7 +180,7 @@ def server_checks(settings: DoctorSettings, screen: ScreenInfo | None) -> list[C
 
 
 def _server_rows(client: VLLMClient, settings: DoctorSettings, screen: ScreenInfo | None) -> Iterator[Check]:
-    names = ("served model", "context", "image limit", "round trip")
+    names = ("served model", "context", "max tokens", "screenshot fit", "image limit", "round trip")
     try:
         started = time.perf_counter()
         served = client.models()
@@ -193,12 +206,23 @@ def _server_rows(client: VLLMClient, settings: DoctorSettings, screen: ScreenInf
                     fix="pass --model with one of the served names")
         return
     yield Check(name="served model", status="ok", detail=listing)
-    yield context_check(client.max_model_len(), model, settings, screen)
+    server_len = client.max_model_len()
+    max_tokens = settings.max_tokens or client.defaults.max_tokens
+    size = settings.size or ((screen.width, screen.height) if screen is not None else DEFAULT_SIZE)
+    yield context_check(server_len, model, settings, size, max_tokens)
+    yield max_tokens_check(server_len, model, size, max_tokens)
+    yield screenshot_fit_check(client, server_len, size, max_tokens)
     yield image_limit_check(client, settings)
     yield round_trip_check(client)
 
 
-def context_check(server_len: int | None, model: str, settings: DoctorSettings, screen: ScreenInfo | None) -> Check:
+def step_tokens(model: str, size: tuple[int, int]) -> int:
+    """Prompt tokens of a step that sends one screenshot of ``size`` (our estimate: image rule + a text margin)."""
+    return image_tokens(*size, in_token_limit_for(model)) + IMAGE_WRAPPER_TOKENS + TEXT_MARGIN
+
+
+def context_check(server_len: int | None, model: str, settings: DoctorSettings, size: tuple[int, int],
+                  max_tokens: int) -> Check:
     if server_len is None:
         return Check(name="context", status="warn", required=False, detail="the server does not report max_model_len",
                      fix="pass --max-context to the agent (vLLM reports it; other servers may not)")
@@ -208,15 +232,75 @@ def context_check(server_len: int | None, model: str, settings: DoctorSettings, 
                      detail=f"agent --max-context {wanted} > server max_model_len {server_len}",
                      fix=f"use --max-context {server_len}, or restart vLLM with --max-model-len {wanted}")
     detail = f"agent context {wanted} <= server max_model_len {server_len}"
-    if screen is None:
-        return Check(name="context", status="ok", detail=detail)
-    per_image = image_tokens(screen.width, screen.height, in_token_limit_for(model)) + IMAGE_WRAPPER_TOKENS
-    fit = max(0, (wanted - settings.reply_reserve) // per_image)
-    detail += f"; holds ~{fit} screenshots of {screen.width}x{screen.height} ({per_image} tokens each)"
+    per_image = image_tokens(*size, in_token_limit_for(model)) + IMAGE_WRAPPER_TOKENS
+    fit = max(0, (wanted - max_tokens) // per_image)
+    detail += f"; holds ~{fit} screenshots of {size[0]}x{size[1]} ({per_image} tokens each)"
     if fit < min(settings.max_images, 3):
         return Check(name="context", status="warn", required=False, detail=detail,
                      fix="the agent will keep very few screenshots; raise --max-model-len or lower the screen size")
     return Check(name="context", status="ok", detail=detail)
+
+
+def max_tokens_check(server_len: int | None, model: str, size: tuple[int, int], max_tokens: int) -> Check:
+    """vLLM refuses a request whose max_tokens alone exceeds max_model_len (every step would fail)."""
+    if server_len is None:
+        return Check(name="max tokens", status="skip", required=False,
+                     detail="the server does not report max_model_len")
+    if max_tokens <= server_len:
+        return Check(name="max tokens", status="ok", detail=f"reply limit {max_tokens} <= max_model_len {server_len}")
+    room = server_len - step_tokens(model, size)
+    fix = (f"pass --max-tokens {room} (what is left beside one {size[0]}x{size[1]} screenshot), or restart vLLM "
+           f"with --max-model-len {max_tokens + step_tokens(model, size)} or more") if room > 0 else \
+        f"restart vLLM with --max-model-len {max_tokens + step_tokens(model, size)} or more"
+    return Check(name="max tokens", status="fail",
+                 detail=f"reply limit {max_tokens} (--max-tokens) > server max_model_len {server_len}: vLLM refuses "
+                 "every such request", fix=fix)
+
+
+def _blank_png(size: tuple[int, int]) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 200, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def screenshot_fit_check(client: VLLMClient, server_len: int | None, size: tuple[int, int],
+                         max_tokens: int) -> Check:
+    """Send one screenshot of the size `run` sends: finds the encoder-cache limit and the context fit up front."""
+    w, h = size
+    content = [image_part(_blank_png(size), "image/png"), {"type": "text", "text": "Reply with OK."}]
+    try:
+        reply = client.complete([{"role": "user", "content": content}], max_tokens=8, temperature=0)
+    except EncoderCacheTooSmall as exc:
+        return Check(name="screenshot fit", status="fail",
+                     detail=f"a {w}x{h} screenshot is {exc.item_tokens} image tokens, more than vLLM's encoder cache "
+                     f"({exc.cache_size}): every step would be refused",
+                     fix=f"restart vLLM with --max-num-batched-tokens {max(8192, exc.item_tokens)} or more "
+                     "(`kimi-cua serve` sizes it), or send smaller screenshots (--size)")
+    except ContextLengthExceeded as exc:
+        return Check(name="screenshot fit", status="fail",
+                     detail=f"one {w}x{h} screenshot does not fit max_model_len {exc.limit or server_len} "
+                     f"({exc.requested or '?'} prompt tokens)",
+                     fix="restart vLLM with a larger --max-model-len, or send smaller screenshots (--size)")
+    except EmptyReply:
+        return Check(name="screenshot fit", status="ok", detail=f"a {w}x{h} screenshot was accepted (empty reply)")
+    except ServerError as exc:
+        return Check(name="screenshot fit", status="fail", detail=f"a {w}x{h} screenshot was refused: "
+                     f"{str(exc)[:200]}", fix="see the server log")
+    prompt = reply.usage.prompt_tokens
+    detail = f"a {w}x{h} screenshot was accepted ({prompt} prompt tokens)"
+    if server_len is None or not prompt:
+        return Check(name="screenshot fit", status="ok", detail=detail)
+    room = server_len - prompt - TEXT_MARGIN  # a step's prompt also carries the task, system prompt, history text
+    if room < max_tokens:
+        return Check(name="screenshot fit", status="fail",
+                     detail=f"{detail}; a step with it leaves ~{max(room, 0)} of max_model_len {server_len} for "
+                     f"a {max_tokens}-token reply: vLLM cuts replies short",
+                     fix=(f"pass --max-tokens {room} or less, " if room > 0 else "") +
+                     f"restart vLLM with --max-model-len {prompt + TEXT_MARGIN + max_tokens} or more, or send "
+                     "smaller screenshots (--size)")
+    return Check(name="screenshot fit", status="ok", detail=f"{detail}; leaves ~{room} tokens for the reply")
 
 
 def image_limit_check(client: VLLMClient, settings: DoctorSettings) -> Check:
@@ -251,7 +335,7 @@ def round_trip_check(client: VLLMClient) -> Check:
 # ---- the whole run ---------------------------------------------------------------------------------------
 
 @contextmanager
-def _display_for(env: str) -> Iterator[tuple[str | None, list[Check]]]:
+def _display_for(env: str, size: tuple[int, int]) -> Iterator[tuple[str | None, list[Check]]]:
     if env == "local":
         yield os.environ.get("DISPLAY"), []
         return
@@ -259,19 +343,24 @@ def _display_for(env: str) -> Iterator[tuple[str | None, list[Check]]]:
     from envs.xvfb import VirtualDisplay
 
     try:
-        vd = VirtualDisplay(1280, 720).start()
+        vd = VirtualDisplay(*size).start()
     except DisplayError as exc:
         yield None, [Check(name="virtual display", status="fail", detail=str(exc).split(";")[0],
                            fix=X11_PACKAGES)]
         return
     try:
-        yield vd.display, [Check(name="virtual display", status="ok", detail=f"Xvfb {vd.display} 1280x720 + openbox")]
+        yield vd.display, [Check(name="virtual display", status="ok",
+                                 detail=f"Xvfb {vd.display} {size[0]}x{size[1]} + openbox")]
     finally:
         vd.stop()
 
 
 def run_checks(settings: DoctorSettings, env: Literal["local", "virtual"] = "local") -> list[Check]:
-    with _display_for(env) as (display, rows):
+    """Display checks (``local``: $DISPLAY; ``virtual``: a private Xvfb of ``settings.size``, as `run` would start)
+    then the server checks, with a screenshot the size `run` will send."""
+    if env == "virtual" and settings.size is None:
+        settings = settings.model_copy(update={"size": DEFAULT_SIZE})
+    with _display_for(env, settings.size or DEFAULT_SIZE) as (display, rows):
         if display is not None or not rows:
             more, screen = display_checks(display)
             rows += more
@@ -299,13 +388,24 @@ def render_table(checks: list[Check]) -> str:
 
 def handle(args: argparse.Namespace) -> int:
     settings = DoctorSettings(base_url=args.base_url, model=args.model, api_key=args.api_key,
-                              max_context=args.max_context, max_images=args.max_images, timeout=args.timeout)
+                              max_context=args.max_context, max_images=args.max_images, max_tokens=args.max_tokens,
+                              size=args.size, timeout=args.timeout)
     checks = run_checks(settings, args.env)
     if args.json:
         print(json.dumps([c.model_dump() for c in checks], indent=2))
     else:
         print(render_table(checks))
     return exit_code(checks)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1920x1080") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be positive")
+    return w, h
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -319,6 +419,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="check $DISPLAY (local) or a private Xvfb desktop (virtual)")
     p.add_argument("--max-context", type=int, help="the agent's context tokens (default: the server's)")
     p.add_argument("--max-images", type=int, default=64, help="screenshots per request the agent sends (default 64)")
+    p.add_argument("--max-tokens", type=int, help="the agent's reply limit (default: the variant's, as for run)")
+    p.add_argument("--size", type=_size, metavar="WxH",
+                   help="screenshot size the agent will send (default: the screen's; --env virtual: 1920x1080)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per server request (default 30)")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.set_defaults(handler=handle)

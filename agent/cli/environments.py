@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ from envs.base import DisplayError, Environment
 
 @dataclass
 class EnvOptions:
-    kind: str = "local"  # local | virtual
+    kind: str = "local"  # local | virtual | osworld
+    osworld_url: str | None = None  # --env osworld: the guest's in-VM server (OSWorld VM or `kimi-cua guest`)
     display: str | None = None
     monitor: int = 1
     width: int = 1920
@@ -26,12 +28,18 @@ class EnvOptions:
     fixed_ms: float = 2000.0
     max_settle_ms: float = 3000.0
     encoding: str = "png"
+    sandbox: bool = False  # launched programs and the window manager run under bubblewrap (agent.safety.sandbox)
+    sandbox_network: bool = False
+    sandbox_root: str | None = None  # where the sandbox's private HOME and /tmp go (default: a temporary folder)
 
 
 def add_env_arguments(parser) -> None:  # argparse.ArgumentParser
     g = parser.add_argument_group("environment")
-    g.add_argument("--env", choices=["local", "virtual"], default="local",
-                   help="local: the current DISPLAY; virtual: a private Xvfb desktop started for this run")
+    g.add_argument("--env", choices=["local", "virtual", "osworld"], default="local",
+                   help="local: the current DISPLAY; virtual: a private Xvfb desktop started for this run; osworld: "
+                        "an OSWorld guest's HTTP server (--osworld-url: a VM's port 5000 or `kimi-cua guest`)")
+    g.add_argument("--osworld-url", metavar="URL",
+                   help="with --env osworld: the guest's server, e.g. http://192.168.56.10:5000")
     g.add_argument("--display", help="X display to use with --env local (default: $DISPLAY)")
     g.add_argument("--monitor", type=int, default=1, help="monitor to act on, mss numbering (1 = first)")
     g.add_argument("--size", default="1920x1080", help="screen size of --env virtual, WxH (default 1920x1080)")
@@ -44,6 +52,11 @@ def add_env_arguments(parser) -> None:  # argparse.ArgumentParser
     g.add_argument("--max-settle-ms", type=float, default=3000.0, help="longest adaptive wait (default 3000)")
     g.add_argument("--encoding", choices=["png", "webp"], default="png",
                    help="lossless screenshot encoding (default png; webp is half the bytes, slower here)")
+    g.add_argument("--sandbox", action="store_true",
+                   help="with --env virtual: run the launched programs and the window manager under bubblewrap "
+                        "(system read-only, private HOME and /tmp in <out>/sandbox, no network, no access to your "
+                        "files); see README 'Safety and stopping'")
+    g.add_argument("--sandbox-network", action="store_true", help="let sandboxed programs use the network")
 
 
 def env_options_from(args) -> EnvOptions:
@@ -54,22 +67,31 @@ def env_options_from(args) -> EnvOptions:
     return EnvOptions(kind=args.env, display=args.display, monitor=args.monitor, width=width, height=height,
                       window_manager=None if args.no_wm else "openbox", launch=list(args.launch),
                       settle=args.settle, fixed_ms=args.settle_ms, max_settle_ms=args.max_settle_ms,
-                      encoding=args.encoding)
+                      encoding=args.encoding, sandbox=getattr(args, "sandbox", False),
+                      sandbox_network=getattr(args, "sandbox_network", False),
+                      sandbox_root=str(args.out / "sandbox") if getattr(args, "out", None) else None,
+                      osworld_url=getattr(args, "osworld_url", None))
 
 
 @contextmanager
 def open_environment(options: EnvOptions) -> Iterator[Environment]:
     """Yield a ready environment; stops the virtual display and launched programs on every exit path."""
+    if options.kind == "osworld":
+        yield from _osworld_environment(options)
+        return
     from envs.desktop import LocalDesktop
     from envs.settle import SettleConfig
-    from envs.xvfb import VirtualDisplay
+    from envs.xvfb import VirtualDisplay, die_with_parent
 
     virtual: VirtualDisplay | None = None
     launched: list[subprocess.Popen[bytes]] = []
     env: Environment | None = None
+    sandbox = _sandbox(options)
+    launch = sandbox.popen if sandbox is not None else subprocess.Popen
     try:
         if options.kind == "virtual":
-            virtual = VirtualDisplay(options.width, options.height, window_manager=options.window_manager).start()
+            virtual = VirtualDisplay(options.width, options.height, window_manager=options.window_manager,
+                                     launcher=launch if sandbox is not None else None).start()
             display = virtual.display
         else:
             display = options.display or os.environ.get("DISPLAY")
@@ -80,8 +102,10 @@ def open_environment(options: EnvOptions) -> Iterator[Environment]:
         env = LocalDesktop(display=display, monitor=options.monitor, settle=settle, encoding=options.encoding)
         for command in options.launch:
             child_env = dict(os.environ, DISPLAY=display)
-            launched.append(subprocess.Popen(shlex.split(command), env=child_env, stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL, start_new_session=True))
+            # die_with_parent: a SIGKILLed kimi-cua leaves no launched program behind
+            launched.append(launch(shlex.split(command), env=child_env, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL, start_new_session=True,
+                                             preexec_fn=die_with_parent()))
         if launched:
             _wait_for_change(env, options.launch_timeout, launched)
         yield env
@@ -89,14 +113,58 @@ def open_environment(options: EnvOptions) -> Iterator[Environment]:
         if env is not None:
             env.close()
         for proc in launched:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            _stop_group(proc)
         if virtual is not None:
             virtual.stop()
+
+
+def _sandbox(options: EnvOptions):
+    """The bubblewrap sandbox of ``--sandbox`` (None without it); DisplayError when it cannot be had."""
+    if not options.sandbox:
+        return None
+    if options.kind != "virtual":
+        raise DisplayError("--sandbox needs --env virtual: programs already on your display run outside any "
+                           "sandbox and could start anything for the agent")
+    import tempfile
+    from pathlib import Path
+
+    from agent.safety.sandbox import Sandbox, SandboxUnavailable, check_bubblewrap
+
+    try:
+        check_bubblewrap()
+    except SandboxUnavailable as exc:
+        raise DisplayError(str(exc)) from None
+    root = Path(options.sandbox_root) if options.sandbox_root else Path(tempfile.mkdtemp(prefix="kimi-cua-sandbox-"))
+    return Sandbox(root, network=options.sandbox_network).prepare()
+
+
+def _osworld_environment(options: EnvOptions) -> Iterator[Environment]:
+    """An OSWorld guest over HTTP: screenshots from /screenshot, actions as generated pyautogui code via /execute."""
+    from envs.osworld_client import OSWorldVMEnvironment
+
+    if not options.osworld_url:
+        raise DisplayError("--env osworld needs --osworld-url URL (the guest's server: an OSWorld VM's port 5000, or "
+                           "`kimi-cua guest --display :N --port P`)")
+    env = OSWorldVMEnvironment(options.osworld_url)
+    try:
+        env.geometry()  # reachable and answering now, or a readable error naming the URL
+        yield env
+    finally:
+        env.close()
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """End a launched program and whatever it started in its process group (TERM, then KILL)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=3)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _wait_for_change(env: Environment, timeout: float, launched: list[subprocess.Popen[bytes]]) -> None:

@@ -48,6 +48,9 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     local.add_argument("--out", type=Path, help="results folder (default: runs/local-<timestamp>)")
     local.add_argument("--max-steps", type=int, default=15, help="steps per task (default 15)")
     local.add_argument("--size", type=_size, default=(1280, 720), help="desktop size WxH (default 1280x720)")
+    local.add_argument("--no-sandbox", action="store_true", help="run task programs and commands without bubblewrap "
+                       "(by default they see a read-only system, the task's private HOME and /tmp, no network)")
+    local.add_argument("--sandbox-network", action="store_true", help="let sandboxed task programs use the network")
     _model_arguments(local)
     local.set_defaults(handler=run_local_command)
 
@@ -82,7 +85,16 @@ def run_local_command(args: argparse.Namespace) -> int:
         return 2
     out = args.out or Path("runs") / f"local-{datetime.now():%Y%m%d-%H%M%S}"
     options = LocalRunOptions(out_dir=out, base_url=args.base_url, model=args.model, api_key=args.api_key,
-                              max_steps=args.max_steps, width=args.size[0], height=args.size[1])
+                              max_steps=args.max_steps, width=args.size[0], height=args.size[1],
+                              sandbox=not args.no_sandbox, sandbox_network=args.sandbox_network)
+    if options.sandbox:
+        from agent.safety.sandbox import SandboxUnavailable, check_bubblewrap
+
+        try:
+            check_bubblewrap()
+        except SandboxUnavailable as exc:
+            print(f"kimi-cua eval local: {exc} (or pass --no-sandbox)", file=sys.stderr)
+            return 2
 
     def show(result: LocalTaskResult) -> None:
         note = f"  ({result.error})" if result.error else ""

@@ -14,6 +14,7 @@ from agent.evals.screenspot import (
     load_prompt,
     run_eval,
 )
+from agent.evals.preflight import fit_max_tokens
 from agent.evals.screenspot_data import DatasetError, load_dataset, select
 
 
@@ -43,7 +44,9 @@ def register_eval(eval_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="served model name (default: the one the server serves)")
     p.add_argument("--api-key", default=None)
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
-    p.add_argument("--max-tokens", type=int, default=None, help="completion budget (default: the variant's)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="completion budget (default: the variant's; lowered, with a notice, to what the server's "
+                   "max_model_len leaves beside the largest sample's prompt)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     p.add_argument("--retries", type=int, default=3, help="retries of transient server faults")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -85,10 +88,17 @@ def run_screenspot(args: argparse.Namespace) -> int:
             print(f"kimi-cua: the replicas serve different models ({', '.join(sorted(models))}); pass --model",
                   file=sys.stderr)
             return 2
+        model = models.pop()
         max_tokens = args.max_tokens if args.max_tokens is not None else clients[0].defaults.max_tokens
+        # Checked before anything is sent: lowered to what the largest prompt leaves, or refused with the fix.
+        lengths = [n for n in (c.max_model_len() for c in clients) if n is not None]
+        fit = fit_max_tokens(samples, prompt, max_tokens=max_tokens, max_model_len=min(lengths, default=None),
+                             model=model, language=args.language)
+        if fit.notice:
+            print(fit.notice, file=sys.stderr)
         settings = RunSettings(benchmark=dataset.benchmark, data=str(args.data), prompt=args.prompt,
-                               language=args.language, model=models.pop(), temperature=args.temperature,
-                               max_tokens=max_tokens)
+                               language=args.language, model=model, temperature=args.temperature,
+                               max_tokens=fit.max_tokens)
         outcome = run_eval(dataset, samples, args.out, clients, settings, prompt=prompt,
                            concurrency=args.concurrency, progress=not args.no_progress)
     except (ServerError, EvalError, DatasetError) as exc:

@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "agent.cli.replay",
     "agent.cli.serve",
     "agent.cli.doctor",
+    "agent.cli.guest",
 ]
 
 

@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import TextIO
 
 from actions.types import describe
-from agent.models.vllm import DEFAULT_BASE_URL, ModelClient, RetryEvent, ServerError, ServerUnreachable, VLLMClient
+from agent.models.vllm import (DEFAULT_BASE_URL, ModelClient, Notice, RetryEvent, ServerError, ServerUnreachable,
+                               VLLMClient)
 from agent.cli.environments import add_env_arguments, env_options_from, open_environment
 from agent.debug.step_through import BREAK_TYPES, StepThrough
 from agent.safety.guards import add_guard_arguments, guard_hooks
 from agent.hooks import AgentHooks, HookChain
 from agent.loop import Agent, AgentConfig
-from agent.safety.policy import SafetyConfigError
-from agent.trajectory import StepRecord, default_run_dir, read_info
+from agent.safety.policy import DEFAULT_SAFETY, SafetyConfigError
+from agent.trajectory import RecordError, StepRecord, default_run_dir, read_info, read_trajectory
 from envs.base import DisplayError
 
 
@@ -77,7 +78,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, help="reply limit per step (default 8192 thinking, 1024 instruct)")
     g.add_argument("--model-dir", type=Path, help="local copy of the model files (tokenizer, preprocessor_config.json) "
                    "for exact token counts; nothing is downloaded")
-    g.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one reply (default 300)")
+    g.add_argument("--timeout", type=float, default=300.0, help="seconds a whole reply may take, then it is retried "
+                   "(default 300)")
     g.add_argument("--retries", type=int, default=3, help="retries of transient server faults (default 3)")
 
 
@@ -89,12 +91,16 @@ def client_from(args: argparse.Namespace) -> ModelClient:
 
         return TransformersClient(args.model, variant=args.variant or "thinking-2506")
     return VLLMClient(args.base_url, model=args.model, api_key=args.api_key, timeout=args.timeout,
-                      retries=args.retries, variant=args.variant, on_retry=_print_retry)
+                      retries=args.retries, variant=args.variant, on_retry=_print_retry, on_notice=_print_notice)
 
 
 def _print_retry(event: RetryEvent) -> None:
     print(f"kimi-cua: server fault, retry {event.attempt}/{event.of} in {event.wait_s:.1f}s: {event.error}",
           file=sys.stderr)
+
+
+def _print_notice(notice: Notice) -> None:
+    print(f"kimi-cua: {notice.message}", file=sys.stderr)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -172,7 +178,7 @@ def run_command(args: argparse.Namespace) -> int:
     resume_hint = f"kimi-cua: the trajectory is saved; continue with: kimi-cua run --resume {args.out}"
     try:
         with switch.installed(), open_environment(env_options_from(args)) as env:
-            agent = Agent(env, client, config, hooks=HookChain(hooks))
+            agent = Agent(env, client, config, hooks=HookChain(hooks), safety=None if args.no_safety else DEFAULT_SAFETY)
             started = True
             result = agent.run(args.task, resume=args.resume is not None)
     except DisplayError as exc:
@@ -184,9 +190,34 @@ def run_command(args: argparse.Namespace) -> int:
     except ServerError as exc:
         print(f"kimi-cua: {exc}\n{resume_hint}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk, a read-only --out: the message names the path and the fix
+        return _recording_failed(exc, args.out)
     finally:
         client.close()
     print(f"kimi-cua: {result.status} after {result.steps} steps"
           + (f", answer: {result.answer}" if result.answer else "")
           + (f" ({result.error})" if result.error else "") + f"; trajectory in {result.out_dir}", file=sys.stderr)
     return 0 if result.status == "done" else 1
+
+
+def _recording_failed(exc: OSError, out: Path) -> int:
+    """Exit 1 with the resume hint when steps were recorded, 2 when nothing started."""
+    if isinstance(exc, RecordError):
+        message = str(exc)
+    else:
+        where = f" ({exc.filename})" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}"
+    print(f"kimi-cua: {message}", file=sys.stderr)
+    try:
+        steps = len(read_trajectory(out))
+        info = read_info(out)
+    except (OSError, ValueError):
+        steps, info = 0, None
+    if not steps:
+        print("kimi-cua: no step was recorded, so nothing needs resuming", file=sys.stderr)
+        return 2
+    marked = (f"the run is marked '{info.status}' in {out / 'run.json'}" if info is not None and info.status != "running"
+              else f"{out / 'run.json'} could not be updated")
+    print(f"kimi-cua: {steps} recorded step(s) are kept; {marked}. Once fixed, continue with: "
+          f"kimi-cua run --resume {out}", file=sys.stderr)
+    return 1

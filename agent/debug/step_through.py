@@ -18,7 +18,7 @@ from actions.coords import CoordinateMode, to_screen
 from actions.parser import parse_summary
 from actions.types import Action, ActionParseError, describe
 from agent.debug.annotate import annotate_file
-from agent.hooks import AgentHooks, HookDecision, StepContext
+from agent.hooks import AgentHooks, HookDecision, InterruptedChoice, InterruptedStep, StepContext
 from envs.base import Observation
 
 ACTION_TYPES = ("click", "move", "drag", "scroll", "type", "press", "hotkey", "wait", "done", "fail")
@@ -196,6 +196,30 @@ class StepThrough(AgentHooks):
         if parse_error:
             return f"unparseable answer ({parse_error[:60]})"
         return "; ".join(describe(a) for a in actions) or "no action"
+
+    def on_interrupted_step(self, interrupted: InterruptedStep) -> InterruptedChoice | None:
+        """A resumed run's step was killed while its actions ran: ask whether they ran (default: the model looks)."""
+        uncertain = interrupted.uncertain()
+        if uncertain is None:
+            return None
+        self._say(f"=== step {interrupted.step} was interrupted: the run was killed while its actions ran ===")
+        for index, action in enumerate(interrupted.actions, 1):
+            state = ("finished" if index <= interrupted.finished else
+                     "MAY HAVE RUN (completely, partly or not at all)" if index == interrupted.finished + 1 else
+                     "did not run")
+            self._say(f"action {index}: {describe(action)}  [{state}]")
+        while True:
+            self.out.write("did it run? y = it ran, n = run it again now, empty = let the model look at the screen> ")
+            self.out.flush()
+            line = self.input.readline()
+            answer = line.strip().lower()
+            if line == "" or answer in ("", "m", "model", "?"):
+                return "model"
+            if answer in ("y", "yes"):
+                return "ran"
+            if answer in ("n", "no", "rerun", "r"):
+                return "rerun"
+            self._say(f"unknown answer {answer!r}: y, n, or an empty line")
 
     def confirm(self, request: "ConfirmRequest") -> bool:
         """The safety policy's question, asked on the debugger's own input (default no)."""

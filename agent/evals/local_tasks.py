@@ -1,339 +1,298 @@
-"""OSWorld-format tasks on our own virtual desktop: the task-JSON schema, setup steps and evaluators.
+"""OSWorld-format task files for ``kimi-cua eval local``: loading them as upstream reads them, and a preflight.
 
 A task file has OSWorld's shape: ``{id, instruction, config: [{type, parameters}], evaluator: {func, result,
-expected, options, conj, postconfig}, ...}``. Supported here are the setup types that need no VM (launch,
-execute, command, open, sleep, activate_window) and evaluators computed from command output and files.
-Each task gets a private HOME (``~/`` in commands and paths points there) on a private X display.
+expected, options, conj, postconfig}, ...}``. Nothing here sets up or scores a task: that is OSWorld's own code
+(``SetupController``, metrics and getters from the desktop-env wheel, agent/evals/osworld_worker.py) talking to our
+guest. A task is kept as the JSON object it is (``TaskFile.raw``), so upstream reads exactly what is in the file;
+loading only checks what upstream would trip over, and a folder with bad files reports and skips them.
 
-Two additions for tasks shipped with kimi-cua (ignored by nothing in OSWorld, which never sees them):
-``{python}`` and ``{apps}`` in command arguments expand to this interpreter and ``envs/apps``, and
-``launch`` accepts ``wait_for_window: "<title>"`` to wait until that window is mapped instead of sleeping.
+Task files are trusted code: their setup steps run shell commands (as the user running kimi-cua, with a private HOME
+on a private display and session bus, see README).
+
+The preflight (``preflight``) marks a task ``unsupported`` before any model call when this machine cannot set it up
+or score it: a metric, getter or setup type the installed wheel does not have, one that needs an account (Google
+Drive, logins) or AT-SPI, a program that is not installed, a download that is neither cached nor reachable.
 """
 from __future__ import annotations
 
-import difflib
 import json
-import os
+import re
 import shlex
 import shutil
-import subprocess
-import sys
-import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field
 
 APPS_DIR = Path(__file__).resolve().parents[2] / "envs" / "apps"
 BUILTIN_TASKS_DIR = Path(__file__).parent / "tasks"
-SUPPORTED_SETUP = ("launch", "execute", "command", "open", "sleep", "activate_window")
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+# Kinds no local desktop can offer, and why (also read by benchmarks/osworld_coverage.py).
+NEEDS_ACCOUNT_SETUP = {"googledrive": "a Google Drive account (pydrive credentials)",
+                       "login": "a website account (settings file with a password)"}
+NOT_IMPLEMENTED_SETUP = {"act": "not implemented upstream", "replay": "not implemented upstream",
+                         "tidy_desktop": "not implemented upstream"}
+NEEDS_NETWORK_SETUP = {"update_browse_history": "downloads a history database from the model hub",
+                       "proxy": "a proxy pool configuration"}
+NEEDS_ACCOUNT_GETTER = {"googledrive_file": "a Google Drive account (pydrive credentials)"}
+NEEDS_ATSPI_GETTER = {"accessibility_tree": "the AT-SPI accessibility tree (not served by kimi-cua's guest)",
+                      "active_url_from_accessTree": "the AT-SPI accessibility tree (not served by kimi-cua's guest)",
+                      "vm_terminal_output": "terminal text read through AT-SPI (not served by kimi-cua's guest)"}
+NEEDS_NETWORK_GETTER = {"info_from_website": "a live website", "number_of_search_results": "a live search engine",
+                        "gotoRecreationPage_and_get_html_content": "a live website",
+                        "macys_product_url_parse": "a live website"}
+NEEDS_OCR_METRIC = {"compare_image_text": "easyocr (a torchvision build for this torch, and OCR weights from the "
+                                          "internet)"}
+# What a task's related_apps or commands need on PATH.
+APP_PROGRAMS = {"chrome": "google-chrome", "google-chrome": "google-chrome", "chromium": "google-chrome",
+                "libreoffice_calc": "libreoffice", "libreoffice_writer": "libreoffice",
+                "libreoffice_impress": "libreoffice", "libreoffice": "libreoffice", "gimp": "gimp", "vlc": "vlc",
+                "thunderbird": "thunderbird", "vs_code": "code", "vscode": "code", "code": "code"}
+SHELL_WORDS = {"sudo", "sh", "bash", "env", "nohup", "timeout", "setsid", "exec", "echo", "cd", "export", "if", "then",
+               "fi", "for", "do", "done", "while", "test", "[", "true", "false"}
 
 
 class TaskError(RuntimeError):
-    """A task that cannot be loaded, set up or evaluated; the message names the task and the step."""
-
-
-class SetupStep(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-
-class Getter(BaseModel):
-    """Where a value for a metric comes from: ``vm_command_line``, ``vm_command_error``, ``vm_file``, ``rule``."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
-
-
-class Evaluator(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    func: str | list[str]
-    result: Getter | list[Getter] | None = None
-    expected: Getter | list[Getter | None] | None = None
-    options: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=dict)
-    conj: Literal["and", "or"] = "and"
-    postconfig: list[SetupStep] = Field(default_factory=list)
-
-
-class TaskConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: str
-    instruction: str
-    snapshot: str = ""
-    source: str = ""
-    config: list[SetupStep] = Field(default_factory=list)
-    related_apps: list[str] = Field(default_factory=list)
-    evaluator: Evaluator
+    """A task file that cannot be loaded; the message names the file."""
 
 
 class TaskFile(BaseModel):
     path: Path
     domain: str  # the parent folder's name, as in OSWorld's examples/<domain>/<id>.json
-    task: TaskConfig
+    task_id: str
+    instruction: str
+    raw: dict[str, Any] = Field(default_factory=dict)  # the file's JSON object, handed to upstream unchanged
+
+    @property
+    def related_apps(self) -> list[str]:
+        apps = self.raw.get("related_apps") or []
+        return [str(a) for a in apps] if isinstance(apps, list) else []
 
 
-class MetricScore(BaseModel):
-    func: str
-    score: float
-    result: Any = None
-    expected: Any = None
-    error: str | None = None
+class LoadProblem(BaseModel):
+    path: str
+    error: str
 
 
-class Evaluation(BaseModel):
-    score: float
-    metrics: list[MetricScore] = Field(default_factory=list)
-    note: str | None = None
+def _check(raw: Any, path: Path) -> None:
+    if not isinstance(raw, dict):
+        raise TaskError(f"{path}: not a JSON object")
+    for key in ("id", "instruction"):
+        if not isinstance(raw.get(key), str) or not raw[key].strip():
+            raise TaskError(f"{path}: {key!r} must be a non-empty string")
+    if not PLAIN_NAME.match(raw["id"]):
+        raise TaskError(f"{path}: id {raw['id']!r} is not a plain name (letters, digits, . _ -): it names a folder")
+    config = raw.get("config", [])
+    if not isinstance(config, list) or not all(isinstance(s, dict) and isinstance(s.get("type"), str)
+                                               and isinstance(s.get("parameters", {}), dict) for s in config):
+        raise TaskError(f"{path}: 'config' must be a list of {{type, parameters}} objects")
+    evaluator = raw.get("evaluator")
+    if not isinstance(evaluator, dict):
+        raise TaskError(f"{path}: 'evaluator' must be an object")
+    func = evaluator.get("func")
+    funcs = func if isinstance(func, list) else [func]
+    if not funcs or not all(isinstance(f, str) and f for f in funcs):
+        raise TaskError(f"{path}: evaluator 'func' must be a name or a list of names")
+    if isinstance(func, list):  # upstream asserts these lengths (DesktopEnv._set_evaluator_info)
+        for key in ("result", "expected", "options"):
+            value = evaluator.get(key)
+            if isinstance(value, list) and len(value) != len(func) and not (key == "expected" and not value):
+                raise TaskError(f"{path}: evaluator {key!r} has {len(value)} entries for {len(func)} metrics")
+    if not isinstance(evaluator.get("postconfig", []), list):
+        raise TaskError(f"{path}: evaluator 'postconfig' must be a list")
 
 
-def load_task(path: Path) -> TaskFile:
+def load_task(path: Path | str) -> TaskFile:
+    path = Path(path)
     try:
-        task = TaskConfig.model_validate_json(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValidationError) as exc:
-        raise TaskError(f"{path}: not a valid OSWorld task file: {exc}") from exc
-    return TaskFile(path=Path(path), domain=Path(path).parent.name, task=task)
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TaskError(f"{path}: not a readable JSON file: {exc}") from exc
+    _check(raw, path)
+    domain = path.parent.name
+    if not PLAIN_NAME.match(domain):
+        raise TaskError(f"{path}: folder name {domain!r} is not a plain name: it names the domain's folder")
+    return TaskFile(path=path, domain=domain, task_id=raw["id"], instruction=raw["instruction"], raw=raw)
 
 
-def load_tasks(target: Path | str) -> list[TaskFile]:
-    """A task file, a folder of them (searched recursively, sorted), or ``builtin`` for the shipped suite."""
+def load_tasks(target: Path | str, problems: list[LoadProblem] | None = None) -> list[TaskFile]:
+    """A task file, a folder of them (searched recursively, sorted), or ``builtin`` for the shipped suite.
+    With ``problems``, bad files are appended there and skipped; without it the first one raises TaskError."""
     path = BUILTIN_TASKS_DIR if str(target) == "builtin" else Path(target)
     if path.is_file():
-        return [load_task(path)]
-    if path.is_dir():
+        files = [path]
+    elif path.is_dir():
         files = sorted(path.rglob("*.json"))
         if not files:
             raise TaskError(f"{path}: no task files (*.json) found")
-        return [load_task(f) for f in files]
-    raise TaskError(f"{path}: no such task file or folder (use 'builtin' for the shipped suite)")
-
-
-# ---- metrics (OSWorld's names and signatures: metric(result, expected, **options) -> float) -------------
-def exact_match(result: Any, rules: dict[str, Any]) -> float:
-    return float(result == rules["expected"])
-
-
-def check_include_exclude(result: str | None, rules: dict[str, list[str]]) -> float:
-    if result is None:
-        return 0.0
-    include, exclude = rules.get("include", []), rules.get("exclude", [])
-    return float(all(s in result for s in include) and not any(s in result for s in exclude))
-
-
-def match_in_list(result: Any, rules: dict[str, Any]) -> float:
-    return float(result in rules["expected"])
-
-
-def is_in_list(result: Any, rules: dict[str, Any]) -> float:
-    return float(result is not None and rules["expected"] in result)
-
-
-def literal_match(result: Any, expected: Any, **options: Any) -> float:
-    kind = options.get("type", "str")
-    if kind == "str":
-        a, b = str(result), str(expected)
-        if options.get("ignore_case", False):
-            a, b = a.lower(), b.lower()
-        return float(a == b)
-    if kind == "list":
-        return float(list(result or []) == list(expected or []))
-    raise TaskError(f"literal_match: unsupported type {kind!r} (str or list)")
-
-
-def fuzzy_match(result: str | None, rules: dict[str, Any]) -> float:
-    """Similarity in [0, 1] (difflib's ratio; OSWorld uses rapidfuzz's, close but not identical)."""
-    if result is None:
-        return 0.0
-    return difflib.SequenceMatcher(None, str(result), str(rules["expected"])).ratio()
-
-
-def check_direct_json_object(result: Any, rules: dict[str, Any]) -> float:
-    """Every key of ``rules["expected"]`` has the same value in the JSON object ``result``."""
-    if isinstance(result, str):
+    else:
+        raise TaskError(f"{path}: no such task file or folder (use 'builtin' for the shipped suite)")
+    items: list[TaskFile] = []
+    seen: dict[tuple[str, str], Path] = {}
+    for file in files:
         try:
-            result = json.loads(result.strip())
-        except json.JSONDecodeError:
-            return 0.0
-    if not isinstance(result, dict):
-        return 0.0
-    return float(all(result.get(k) == v for k, v in rules["expected"].items()))
+            item = load_task(file)
+            if (item.domain, item.task_id) in seen:
+                raise TaskError(f"{file}: task id {item.task_id!r} is also used by {seen[(item.domain, item.task_id)]}")
+        except TaskError as exc:
+            if problems is None:
+                raise
+            problems.append(LoadProblem(path=str(file), error=str(exc)))
+            continue
+        seen[(item.domain, item.task_id)] = file
+        items.append(item)
+    return items
 
 
-def compare_text_file(result_path: str | None, expected_path: str | None, **options: Any) -> float:
-    if not result_path or not expected_path:
-        return 0.0
-    a = Path(result_path).read_text(encoding="utf-8", errors="replace")
-    b = Path(expected_path).read_text(encoding="utf-8", errors="replace")
-    if options.get("ignore_blanks", False):
-        a, b = " ".join(a.split()), " ".join(b.split())
-    if options.get("ignore_case", False):
-        a, b = a.lower(), b.lower()
-    return float(a == b)
+# ---- preflight -----------------------------------------------------------------------------------------------
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
 
 
-METRICS: dict[str, Callable[..., float]] = {
-    f.__name__: f for f in (exact_match, check_include_exclude, match_in_list, is_in_list, literal_match,
-                            fuzzy_match, check_direct_json_object, compare_text_file)
-}
+def getter_types(raw: dict[str, Any]) -> list[str]:
+    evaluator = raw.get("evaluator") or {}
+    types = []
+    for key in ("result", "expected"):
+        for getter in _as_list(evaluator.get(key)):
+            if isinstance(getter, dict) and getter.get("type"):
+                types.append(str(getter["type"]))
+    return types
 
 
-# ---- the sandbox: setup, getters, evaluation -------------------------------------------------------------
-class TaskSandbox:
-    """Runs one task's setup and evaluation on a display, with a private HOME; ``close()`` ends what it launched."""
+def setup_steps(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in (raw.get("config") or []) + ((raw.get("evaluator") or {}).get("postconfig") or [])
+            if isinstance(s, dict)]
 
-    def __init__(self, display_env: dict[str, str], home: Path, *, command_timeout: float = 120.0) -> None:
-        self.home = Path(home)
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.env = dict(display_env, HOME=str(self.home))
-        self.command_timeout = command_timeout
-        self._launched: list[subprocess.Popen[bytes]] = []
 
-    # -- argument handling
-    def _expand(self, value: str) -> str:
-        value = value.replace("{python}", sys.executable).replace("{apps}", str(APPS_DIR))
-        return str(self.home / value[2:]) if value.startswith("~/") else value
+def metric_names(raw: dict[str, Any]) -> list[str]:
+    return [str(f) for f in _as_list((raw.get("evaluator") or {}).get("func"))]
 
-    def _command(self, params: dict[str, Any]) -> tuple[list[str] | str, bool]:
-        shell = bool(params.get("shell", False))
-        command = params.get("command", "" if shell else [])
-        if isinstance(command, str) and not shell:
-            command = shlex.split(command)
-        if isinstance(command, list):
-            command = [self._expand(str(a)) for a in command]
+
+def programs_needed(raw: dict[str, Any]) -> set[str]:
+    """Programs the task starts (launch/execute/command steps) or names in related_apps."""
+    needed = {APP_PROGRAMS[a] for a in (raw.get("related_apps") or []) if isinstance(a, str) and a in APP_PROGRAMS}
+    for step in setup_steps(raw):
+        if step.get("type") not in ("launch", "execute", "command", "execute_with_verification"):
+            continue
+        command = (step.get("parameters") or {}).get("command")
+        if isinstance(command, list) and len(command) == 1 and isinstance(command[0], str) and " " in command[0]:
+            command = command[0]  # ["cmd arg arg"] with shell: true
+        if isinstance(command, str):
+            try:
+                words = shlex.split(command)
+            except ValueError:
+                words = command.split()
+            candidates = [w for w in words[:1] + [words[i + 1] for i, w in enumerate(words[:-1])
+                                                   if w in ("&&", ";", "|", "||", "sudo", "-S")]]
+        elif isinstance(command, list) and command:
+            candidates = [str(command[0])]
         else:
-            command = command.replace("{python}", shlex.quote(sys.executable)).replace(
-                "{apps}", shlex.quote(str(APPS_DIR)))
-        return command, shell
+            candidates = []
+        for word in candidates:
+            name = Path(word).name
+            if word and not word.startswith(("-", "{", "$", "~", ".")) and name not in SHELL_WORDS and "=" not in word:
+                needed.add(name)
+    return needed
 
-    def run_command(self, params: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-        command, shell = self._command(params)
+
+def download_urls(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """(url, path on the guest) of every ``download`` setup file."""
+    found = []
+    for step in setup_steps(raw):
+        if step.get("type") == "download":
+            for f in (step.get("parameters") or {}).get("files") or []:
+                if isinstance(f, dict) and f.get("url"):
+                    found.append((str(f["url"]), str(f.get("path", ""))))
+    return found
+
+
+def cloud_urls(raw: dict[str, Any]) -> list[str]:
+    urls = []
+    evaluator = raw.get("evaluator") or {}
+    for key in ("result", "expected"):
+        for getter in _as_list(evaluator.get(key)):
+            if isinstance(getter, dict) and getter.get("type") == "cloud_file":
+                urls += [str(u) for u in _as_list(getter.get("path"))]
+    return urls
+
+
+def download_cache_path(cache_dir: Path, task_id: str, url: str, path: str) -> Path:
+    """Where upstream's SetupController keeps a download (``<cache>/<task id>/<uuid5(url)>_<name>``)."""
+    return Path(cache_dir) / task_id / f"{uuid.uuid5(uuid.NAMESPACE_URL, url)}_{Path(path).name}"
+
+
+class Inventory(BaseModel):
+    """What the installed desktop-env wheel offers (from the worker's ``inventory``)."""
+
+    metrics: list[str]
+    getters: list[str]
+    setup: list[str]
+    easyocr_stub: bool = False
+
+
+def preflight(item: TaskFile, inventory: Inventory, *, cache_dir: Path,
+              reachable: Callable[[str], str | None], which: Callable[[str], str | None] = shutil.which) -> str | None:
+    """None when this machine can set the task up and score it; else why not (the task is ``unsupported``)."""
+    raw = item.raw
+    for func in metric_names(raw):
+        if func == "infeasible":
+            continue
+        if func not in inventory.metrics:
+            return f"metric {func!r} is not in the installed desktop-env"
+        if func in NEEDS_OCR_METRIC and inventory.easyocr_stub:
+            return f"metric {func!r} needs {NEEDS_OCR_METRIC[func]}"
+    for kind in getter_types(raw):
+        if kind not in inventory.getters:
+            return f"getter {kind!r} is not in the installed desktop-env"
+        for table in (NEEDS_ACCOUNT_GETTER, NEEDS_ATSPI_GETTER, NEEDS_NETWORK_GETTER):
+            if kind in table:
+                return f"getter {kind!r} needs {table[kind]}"
+    for step in setup_steps(raw):
+        kind = str(step.get("type"))
+        if kind not in inventory.setup:
+            return f"setup type {kind!r} is not in the installed desktop-env"
+        for table in (NEEDS_ACCOUNT_SETUP, NOT_IMPLEMENTED_SETUP, NEEDS_NETWORK_SETUP):
+            if kind in table:
+                return f"setup type {kind!r} needs {table[kind]}"
+    missing = sorted(p for p in programs_needed(raw) if which(p) is None)
+    if missing:
+        return (f"needs {', '.join(missing)}, not installed here (scripts/install.sh --osworld-apps installs "
+                "chromium as google-chrome, libreoffice, gimp, vlc, thunderbird)")
+    for url, path in download_urls(raw):
+        if download_cache_path(cache_dir, item.task_id, url, path).is_file():
+            continue
+        problem = reachable(url)
+        if problem:
+            return f"download {url} is not cached and not reachable: {problem}"
+    for url in cloud_urls(raw):
+        problem = reachable(url)
+        if problem:
+            return f"expected file {url} is not reachable: {problem}"
+    return None
+
+
+def url_reachability(timeout: float = 8.0) -> Callable[[str], str | None]:
+    """A checker that asks each host once (HEAD, then a 1-byte GET): None when it answers below 400."""
+    import httpx
+
+    verdicts: dict[str, str | None] = {}
+
+    def check(url: str) -> str | None:
+        if url in verdicts:
+            return verdicts[url]
         try:
-            return subprocess.run(command, shell=shell, env=self.env, cwd=self.home, capture_output=True,
-                                  text=True, timeout=self.command_timeout)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise TaskError(f"command {command!r} could not run: {exc}") from exc
+            with httpx.Client(timeout=timeout, follow_redirects=True) as client:
+                response = client.head(url)
+                if response.status_code >= 400:
+                    response = client.get(url, headers={"Range": "bytes=0-0"})
+            verdicts[url] = None if response.status_code < 400 else f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            verdicts[url] = f"{type(exc).__name__}: {exc}"[:200]
+        return verdicts[url]
 
-    # -- setup
-    def setup(self, task: TaskConfig) -> None:
-        for index, step in enumerate(task.config):
-            try:
-                self.run_step(step)
-            except TaskError as exc:
-                raise TaskError(f"task {task.id}: setup step {index + 1} ({step.type}) failed: {exc}") from exc
-
-    def run_step(self, step: SetupStep) -> None:
-        params = step.parameters
-        if step.type == "launch":
-            command, shell = self._command(params)
-            try:
-                self._launched.append(subprocess.Popen(command, shell=shell, env=self.env, cwd=self.home,
-                                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                                       start_new_session=True))
-            except OSError as exc:
-                raise TaskError(f"cannot launch {command!r}: {exc}") from exc
-            if params.get("wait_for_window"):
-                self.wait_for_window(str(params["wait_for_window"]), float(params.get("timeout", 20)))
-        elif step.type in ("execute", "command"):
-            result = self.run_command(params)
-            if result.returncode != 0 and not params.get("ignore_errors", False):
-                raise TaskError(f"exit {result.returncode}: {result.stderr.strip()[-300:]}")
-        elif step.type == "open":
-            opener = shutil.which("xdg-open")
-            if opener is None:
-                raise TaskError("'open' needs xdg-open: apt-get install -y xdg-utils (or use a 'launch' step)")
-            self.run_step(SetupStep(type="launch", parameters={"command": [opener, str(params["path"])]}))
-        elif step.type == "sleep":
-            time.sleep(float(params.get("seconds", 1)))
-        elif step.type == "activate_window":
-            flags = "-" + ("x" if params.get("by_class") else "") + ("F" if params.get("strict") else "") + "a"
-            self.run_command({"command": ["wmctrl", flags, str(params["window_name"])]})
-        else:
-            raise TaskError(f"setup type {step.type!r} is not supported on a local desktop "
-                            f"(supported: {', '.join(SUPPORTED_SETUP)}); run this task in OSWorld")
-
-    def wait_for_window(self, title: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            listing = subprocess.run(["wmctrl", "-l"], env=self.env, capture_output=True, text=True)
-            if title in listing.stdout:
-                time.sleep(0.3)  # mapped; give it a moment to draw
-                return
-            for proc in self._launched:
-                if proc.poll() not in (None, 0):
-                    raise TaskError(f"{proc.args!r} exited with code {proc.returncode} before showing {title!r}")
-            time.sleep(0.1)
-        raise TaskError(f"no window titled {title!r} appeared within {timeout:g} s")
-
-    # -- getters
-    def get(self, getter: Getter | None) -> Any:
-        if getter is None:
-            return None
-        params = getter.model_dump(exclude={"type"})
-        if getter.type == "rule":
-            return params.get("rules")
-        if getter.type in ("vm_command_line", "vm_command_error"):
-            result = self.run_command(params)
-            return result.stdout if getter.type == "vm_command_line" else result.stderr
-        if getter.type == "vm_file":
-            path = Path(self._expand(str(params["path"])))
-            return str(path) if path.is_file() else None
-        raise TaskError(f"getter type {getter.type!r} is not supported locally "
-                        "(vm_command_line, vm_command_error, vm_file, rule)")
-
-    # -- evaluation
-    def evaluate(self, task: TaskConfig, last_action: str | None) -> Evaluation:
-        """Score in [0, 1]. ``last_action``: "done", "fail" or None (ran out of steps, error)."""
-        evaluator = task.evaluator
-        for step in evaluator.postconfig:
-            self.run_step(step)
-        if evaluator.func == "infeasible":
-            return Evaluation(score=float(last_action == "fail"), metrics=[],
-                              note="infeasible task: scores 1 only when the agent answered fail")
-        if last_action == "fail":
-            return Evaluation(score=0.0, note="the agent declared the task infeasible, but it is feasible")
-        funcs = evaluator.func if isinstance(evaluator.func, list) else [evaluator.func]
-        results = _per_metric(evaluator.result, len(funcs))
-        expecteds = _per_metric(evaluator.expected, len(funcs))
-        options = _per_metric(evaluator.options, len(funcs))
-        scores: list[MetricScore] = []
-        for func, result_getter, expected_getter, opts in zip(funcs, results, expecteds, options):
-            metric = METRICS.get(func)
-            if metric is None:
-                raise TaskError(f"task {task.id}: metric {func!r} is not available locally "
-                                f"({', '.join(sorted(METRICS))})")
-            result_value = self.get(result_getter)
-            expected_value = self.get(expected_getter)
-            try:
-                args = (result_value,) if expected_getter is None else (result_value, expected_value)
-                score = float(metric(*args, **(opts or {})))
-                scores.append(MetricScore(func=func, score=score, result=result_value, expected=expected_value))
-            except Exception as exc:  # a metric that cannot read its inputs scores 0, with the reason kept
-                scores.append(MetricScore(func=func, score=0.0, result=result_value, expected=expected_value,
-                                          error=f"{type(exc).__name__}: {exc}"))
-            if evaluator.conj == "and" and scores[-1].score == 0.0:
-                return Evaluation(score=0.0, metrics=scores)
-        values = [s.score for s in scores]
-        total = max(values) if evaluator.conj == "or" else sum(values) / len(values)
-        return Evaluation(score=total, metrics=scores)
-
-    def close(self) -> None:
-        for proc in self._launched:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, 15)
-                    proc.wait(timeout=3)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    try:
-                        os.killpg(proc.pid, 9)
-                    except ProcessLookupError:
-                        pass
-        self._launched = []
-
-
-def _per_metric(value: Any, count: int) -> list[Any]:
-    if isinstance(value, list):
-        if len(value) != count:
-            raise TaskError(f"evaluator lists {len(value)} entries for {count} metrics")
-        return value
-    return [value] * count
+    return check

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, Field
 
 from agent.evals.local_tasks import Evaluation, TaskError, TaskFile, TaskSandbox
+from agent.trajectory import repair_tail
 
 
 class DomainScore(BaseModel):
@@ -61,6 +62,8 @@ class LocalRunOptions(BaseModel):
     width: int = 1280
     height: int = 720
     agent: dict[str, Any] = Field(default_factory=dict)  # extra AgentConfig fields
+    sandbox: bool = True  # task programs, commands and the window manager under bubblewrap (agent.safety.sandbox)
+    sandbox_network: bool = False
 
 
 class LocalTaskResult(BaseModel):
@@ -94,6 +97,7 @@ def agent_runner(options: LocalRunOptions) -> TaskRunner:
         config = AgentConfig(max_steps=options.max_steps, out_dir=out_dir, stream=False, **options.agent)
         env = LocalDesktop(display=display)
         try:
+            # Agent installs the default safety policy: unattended, so what needs confirmation is refused.
             result = Agent(env, client, config).run(instruction)
         finally:
             env.close()
@@ -119,8 +123,11 @@ def run_local_task(item: TaskFile, options: LocalRunOptions, runner: TaskRunner)
     task_dir.mkdir(parents=True, exist_ok=True)
     result = LocalTaskResult(task_id=item.task.id, domain=item.domain, path=str(item.path), out_dir=str(task_dir))
     start = time.monotonic()
-    with VirtualDisplay(options.width, options.height) as vd:
-        sandbox = TaskSandbox(vd.env, task_dir / "home")
+    walls = _task_walls(options, task_dir)
+    with VirtualDisplay(options.width, options.height, launcher=walls.popen if walls else None) as vd:
+        if walls is not None:
+            walls.display = vd.display
+        sandbox = TaskSandbox(vd.env, task_dir / "home", walls=walls)
         try:
             sandbox.setup(item.task)
             result.status, result.steps, result.error = runner(item.task.instruction, vd.display, task_dir / "run")
@@ -135,6 +142,17 @@ def run_local_task(item: TaskFile, options: LocalRunOptions, runner: TaskRunner)
     result.seconds = round(time.monotonic() - start, 2)
     (task_dir / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
     return result
+
+
+def _task_walls(options: LocalRunOptions, task_dir: Path):
+    """The bubblewrap sandbox of one task (None with ``sandbox=False``): the task's HOME, read-only apps."""
+    if not options.sandbox:
+        return None
+    from agent.evals.local_tasks import APPS_DIR
+    from agent.safety.sandbox import Sandbox
+
+    return Sandbox(task_dir / "sandbox", home=task_dir / "home", network=options.sandbox_network,
+                   read_only=[APPS_DIR]).prepare()
 
 
 def _task_process(item_json: str, options_json: str) -> None:
@@ -182,14 +200,20 @@ def run_local_suite(items: list[TaskFile], options: LocalRunOptions,
     return results
 
 
+def _valid_result(line: bytes) -> bool:
+    try:
+        LocalTaskResult.model_validate_json(line)
+        return True
+    except ValueError:
+        return False
+
+
 def read_local_results(path: Path) -> dict[tuple[str, str], LocalTaskResult]:
     """Results already recorded in ``results.jsonl`` by (domain, task id); a torn last line (a killed run) is cut."""
     if not path.is_file():
         return {}
+    repair_tail(path, _valid_result)  # in place (os.truncate): a kill during the repair loses no result
     data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        path.write_bytes(data)
     found: dict[tuple[str, str], LocalTaskResult] = {}
     for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
         if line.strip():

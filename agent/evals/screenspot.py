@@ -25,7 +25,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import prompts
-from actions.coords import Monitor, OutOfScreenError, reading_of, to_screen
+from actions.coords import MixedFramesError, Monitor, OutOfScreenError, reading_of, to_screen
 from actions.types import ActionParseError, action_points
 from agent.models.vllm import ModelClient, ServerError, image_part
 from agent.reply import ModelReply
@@ -95,6 +95,7 @@ class SampleResult(SampleTags):
     answer: str  # raw model text (thinking included)
     latency_ms: float
     error: str | None = None  # why the answer had no usable point
+    unreadable: bool = False  # the image could not be read: the model was not asked, the sample counts wrong
 
 
 class RunSettings(BaseModel):
@@ -109,12 +110,20 @@ class RunSettings(BaseModel):
     max_tokens: int | None
 
 
+class UnreadableImage(EvalError):
+    """One sample's image cannot be used (missing, not an image, a decompression bomb): a per-sample error."""
+
+
 def _image_size(data: bytes, path: Path) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return im.width, im.height
-    except Exception as exc:  # noqa: BLE001 - any decoder error means the same to the user
-        raise EvalError(f"{path}: not a readable image ({exc})") from None
+            width, height = im.width, im.height
+    except Exception as exc:  # noqa: BLE001 - any decoder error (DecompressionBombError too) means the same
+        raise UnreadableImage(f"{path}: not a readable image ({type(exc).__name__}: {str(exc)[:160]})") from None
+    if width <= 0 or height <= 0 or width * height > (Image.MAX_IMAGE_PIXELS or 2**62):
+        raise UnreadableImage(f"{path}: {width}x{height} pixels is not a screenshot (more than "
+                              f"{Image.MAX_IMAGE_PIXELS:,} pixels would be a decompression bomb)")
+    return width, height
 
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
@@ -158,15 +167,25 @@ def judge_reply(sample: Sample, reply_text: str, summary: str, truncated: bool, 
         to_screen(action, shown_width=width, shown_height=height, monitor=Monitor(width=width, height=height))
     except OutOfScreenError as exc:
         error = f"point outside the image: {exc}"
+    except MixedFramesError as exc:  # no one point was meant: no usable answer
+        return score(sample, None, image_size=(width, height)), None, f"unusable point: {exc}"
     return score(sample, point, image_size=(width, height)), point.pixels, error
 
 
 def evaluate_sample(sample: Sample, client: ModelClient, prompt: GroundingPrompt, *, temperature: float,
                     max_tokens: int | None, language: str, parse: Callable[[str], list[Any]]) -> SampleResult:
-    """Ask the model about one sample and judge the answer. Raises ServerError when the server fails."""
-    data = sample.image.read_bytes()
-    width, height = _image_size(data, sample.image)
+    """Ask the model about one sample and judge the answer. Raises ServerError when the server fails; an
+    image that cannot be read is a result of its own (``unreadable``), so the evaluation goes on."""
     instruction = sample.instruction_cn if language == "cn" and sample.instruction_cn else sample.instruction
+    try:
+        data = sample.image.read_bytes()
+        width, height = _image_size(data, sample.image)
+    except (OSError, UnreadableImage) as exc:
+        reason = str(exc) if isinstance(exc, UnreadableImage) else f"{sample.image}: cannot read ({exc.strerror or exc})"
+        return SampleResult(
+            id=sample.id, instruction=instruction, image=str(sample.image), image_size=(0, 0), point=None,
+            target=sample.target, correctness="wrong", correct=False, answer="", latency_ms=0.0,
+            error=f"unreadable image: {reason}", unreadable=True, **sample.tags())
     messages = prompt.messages(instruction, image_part(data, MIME.get(sample.image.suffix.lower(), "image/png")))
     started = time.perf_counter()
     reply: ModelReply = client.complete(messages, temperature=temperature, max_tokens=max_tokens)
@@ -280,6 +299,7 @@ class Summary(BaseModel):
     selected: int
     finished: int
     unfinished: int
+    unreadable_images: int = 0  # samples whose image could not be read (counted wrong; see results.jsonl)
     metrics: dict[str, Any]
     osworld_g: dict[str, Any] | None = None
     throughput: dict[str, float] = Field(default_factory=dict)
@@ -310,7 +330,8 @@ def summarize(dataset: Dataset, results: list[SampleResult], settings: RunSettin
         if dataset.classification_file is not None:
             osworld["accuracy_dict_group"] = {k: v.model_dump() for k, v in osworld_g_groups(results).items()}
     return Summary(benchmark=dataset.benchmark, data=settings.data, prompt=settings.prompt, model=settings.model,
-                   selected=selected, finished=len(results), unfinished=selected - len(results), metrics=metrics,
+                   selected=selected, finished=len(results), unfinished=selected - len(results),
+                   unreadable_images=sum(r.unreadable for r in results), metrics=metrics,
                    osworld_g=osworld, throughput=throughput or {})
 
 
@@ -338,6 +359,9 @@ def format_table(summary: Summary) -> str:
         lines += ["", "| OSWorld-G class | n | correct | accuracy |", "|---|---:|---:|---:|"]
         for cls, g in summary.osworld_g["accuracy_dict_group"].items():
             lines.append(f"| {cls} | {g['total']} | {g['correct']} | {100 * g['accuracy']:.2f} |")
+    if summary.unreadable_images:
+        lines += ["", f"{summary.unreadable_images} sample(s) with an unreadable image, counted wrong (their errors are "
+                  "in results.jsonl; fix the images and delete those lines to ask again)"]
     if summary.unfinished:
         lines += ["", f"{summary.unfinished} sample(s) unfinished (server errors): re-run the same command to retry"]
     return "\n".join(lines)

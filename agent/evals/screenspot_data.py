@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -163,7 +163,8 @@ def score(sample: Sample, point: PredictedPoint | None, *, image_size: tuple[int
 
 # ---- raw records (validated field by field) --------------------------------------------------------
 class _Raw(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # NaN and infinity are refused when loading: written back as null they would make results unreadable.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class _V1V2Record(_Raw):
@@ -222,6 +223,17 @@ def _validate(model: type[_Raw], record: Any, path: Path, index: int) -> Any:
                            f"(got {str(got)[:80]})") from None
 
 
+def _inside_root(name: str, annotation: Path, index: int, field: str) -> str:
+    """An image path relative to the dataset, never leaving it (no absolute path, no '..')."""
+    for flavour in (PurePosixPath(name), PureWindowsPath(name)):
+        if flavour.is_absolute() or flavour.drive or flavour.root or ".." in flavour.parts:
+            raise DatasetError(f"{annotation}: sample #{index} field {field!r}: {name[:120]!r} points outside the "
+                               "dataset folder; image paths must be relative paths inside it")
+    if not name.strip() or "\x00" in name:
+        raise DatasetError(f"{annotation}: sample #{index} field {field!r}: {name[:120]!r} is not an image path")
+    return name
+
+
 def _image_dir(root: Path, first_image: str, annotation: Path) -> Path:
     for name in IMAGE_DIR_CANDIDATES:
         candidate = (root / name).resolve()
@@ -262,9 +274,13 @@ def load_screenspot(files: list[Path], root: Path) -> Dataset:
         split = re.sub(r"^screenspot_|_v2$", "", path.stem)
         for i, raw in enumerate(_read_json_list(path)):
             rec: _V1V2Record = _validate(_V1V2Record, raw, path, i)
+            _inside_root(rec.img_filename, path, i, "img_filename")
             if image_dir is None:
                 image_dir = _image_dir(root, rec.img_filename, path)
             x, y, w, h = rec.bbox
+            if w < 0 or h < 0:
+                raise DatasetError(f"{path}: sample #{i} field 'bbox': {list(rec.bbox)} has a negative width or "
+                                   "height (ScreenSpot boxes are [x, y, w, h])")
             image = image_dir / rec.img_filename
             _check_image(image, path, i, "img_filename")
             samples.append(Sample(
@@ -284,7 +300,7 @@ def load_pro(root: Path) -> Dataset:
     for path in files:
         for i, raw in enumerate(_read_json_list(path)):
             rec: _ProRecord = _validate(_ProRecord, raw, path, i)
-            image = image_dir / rec.img_filename
+            image = image_dir / _inside_root(rec.img_filename, path, i, "img_filename")
             _check_image(image, path, i, "img_filename")
             x1, y1, x2, y2 = rec.bbox
             if x2 < x1 or y2 < y1:
@@ -330,6 +346,7 @@ def load_osworld_g(annotation: Path, root: Path, classification: Path | None = N
     image_dir: Path | None = None
     for i, raw in enumerate(records):
         rec: _OSWorldGRecord = _validate(_OSWorldGRecord, raw, annotation, i)
+        _inside_root(rec.image_path, annotation, i, "image_path")
         if image_dir is None:
             image_dir = _image_dir(root, rec.image_path, annotation)
         image = image_dir / rec.image_path

@@ -182,8 +182,10 @@ def _without_points(action: Action) -> dict[str, Any]:
 def add_guard_arguments(parser: argparse.ArgumentParser) -> None:
     """The safety and kill-switch flags of ``kimi-cua run``."""
     g = parser.add_argument_group("safety")
-    g.add_argument("--safety", type=Path, metavar="FILE", help="safety rules (.json or .toml) on top of the "
-                   "defaults (destructive shell text, risky hotkeys, points off the monitor)")
+    g.add_argument("--safety", action="append", default=[], metavar="strict|FILE",
+                   help="'strict': confirm every command typed into a terminal; FILE: safety rules (.json or "
+                   ".toml) on top of the defaults (shell commands judged at Enter, risky hotkeys, points off "
+                   "the monitor). Repeatable")
     g.add_argument("--unattended", action="store_true", help="nobody watches: actions that need confirmation "
                    "are refused (default when stdin is not a terminal)")
     g.add_argument("--no-safety", action="store_true", help="turn the safety policy off (not recommended)")
@@ -214,9 +216,12 @@ def guard_hooks(args: argparse.Namespace, *, confirm: Any = None) -> tuple[KillS
     switch = KillSwitch(stop_file=args.stop_file)
     hooks: list[AgentHooks] = [switch]
     if not args.no_safety:
-        config = load_safety_config(args.safety) if args.safety else None
+        values = args.safety if isinstance(args.safety, list) else ([args.safety] if args.safety else [])
+        files = [Path(v) for v in values if str(v) != "strict"]
+        config = load_safety_config(files[-1]) if files else None
+        strict = True if any(str(v) == "strict" for v in values) else None
         unattended = args.unattended or not sys.stdin.isatty()
-        hooks.append(SafetyPolicy(config, unattended=unattended, confirm=confirm or ask_on_terminal))
+        hooks.append(SafetyPolicy(config, unattended=unattended, confirm=confirm or ask_on_terminal, strict=strict))
     if args.stuck_after:
         hooks.append(StuckDetector(StuckConfig(after=args.stuck_after)))
     return switch, hooks

@@ -1,10 +1,17 @@
 """A safety policy for actions, as a hook: allow, confirm or deny each action before it runs.
 
-Rules match typed text (regular expressions: destructive shell commands), hotkeys (keys held together) or
-action types; the first matching rule wins, the user's rules before the defaults. Points outside the allowed
-region or the observed monitor get their own effect. "confirm" asks a person through a callback (step mode, or
-a terminal prompt) and is refused in unattended mode unless the configuration allows it. Every confirm/deny
-decision is kept in ``SafetyPolicy.records`` and appended to ``safety.jsonl`` in the run directory.
+What a terminal will run is judged at Enter: ``agent.safety.line`` rebuilds the input line from every
+keystroke-producing action (across steps and clicks) and ``agent.safety.shell`` reads the completed line with a
+real shell parser and judges it by program and arguments. Rules match hotkeys (keys held together), action
+types, or typed text (regular expressions, for the user's own rules); the first matching rule wins, the user's
+rules before the defaults. Points outside the allowed region or the observed monitor get their own effect.
+"confirm" asks a person through a callback (step mode, or a terminal prompt) and is refused in unattended mode
+unless the configuration allows it. Every confirm/deny decision is kept in ``SafetyPolicy.records`` and
+appended to ``safety.jsonl`` in the run directory.
+
+This guards against a model's mistakes, not against an adversary: a line model can be fooled by what it cannot
+see (a window that takes the focus by itself, a paste through a context menu, a script written by an editor).
+The wall is the sandbox (``agent.safety.sandbox``, ``--sandbox``).
 """
 from __future__ import annotations
 
@@ -21,14 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from actions.coords import Monitor
 from actions.keys import normalize_key
-from actions.types import Action, ActionParseError, Click, Drag, Hotkey, Press, TypeText, action_points, describe
+from actions.types import Action, ActionParseError, Hotkey, Press, TypeText, action_points, describe
 from agent.hooks import AgentHooks, HookDecision, StepContext
+from agent.safety.line import TERMINAL_CLASSES, LineModel
 
 Effect = Literal["allow", "confirm", "deny"]
 _STRICTNESS = {"allow": 0, "confirm": 1, "deny": 2}
 _SIDED = {"ctrlleft": "ctrl", "ctrlright": "ctrl", "altleft": "alt", "altright": "alt", "shiftleft": "shift",
           "shiftright": "shift", "winleft": "win", "winright": "win"}
-_LINE_MEMORY = 500  # characters of the current input line kept to catch commands typed in pieces
 
 
 class SafetyConfigError(ValueError):
@@ -101,34 +108,12 @@ def _held_keys(action: Action) -> set[str] | None:
     return None
 
 
-_CMD = r"(?:^|[;&|`(\n]|\$\(|\b(?:sudo|then|do|exec|xargs|nohup)\s+)\s*"  # where a command word may start
-
-
 def _rule(name: str, effect: Effect, reason: str, *, text: str | None = None, keys: list[str] | None = None) -> Rule:
     return Rule(name=name, effect=effect, reason=reason, text=text, keys=keys)
 
 
+# Shell commands are judged at Enter by agent.safety.shell (see SafetyPolicy); these rules cover keys.
 DEFAULT_RULES: tuple[Rule, ...] = (
-    _rule("recursive rm", "confirm", "deletes files recursively",
-          text=r"\brm\s+(?:-{1,2}[\w-]+\s+)*(?:-[a-z]*r[a-z]*|--recursive)\b"),
-    _rule("rm of a root or home path", "confirm", "deletes system or home files",
-          text=r"\brm\s+(?:-\S+\s+)*(?:/|~|\$HOME|/\*)(?:\s|$)"),
-    _rule("mkfs", "confirm", "formats a file system", text=r"\bmkfs(?:\.\w+)?\b|\bmke2fs\b|\bwipefs\b"),
-    _rule("dd", "confirm", "copies raw blocks (can overwrite a disk)", text=r"\bdd\s+[^\n]*\b(?:if|of)="),
-    _rule("write to a block device", "confirm", "overwrites a disk",
-          text=r">\s*/dev/(?:sd|hd|vd|xvd|nvme|mmcblk|disk)\w*"),
-    _rule("fork bomb", "deny", "a fork bomb freezes the machine", text=r":\s*\(\s*\)\s*\{|\bbomb\s*\(\s*\)\s*\{.*bomb\s*\|"),
-    _rule("download piped to a shell", "confirm", "runs code downloaded from the network",
-          text=r"\b(?:curl|wget|fetch)\b[^\n|]*\|\s*(?:sudo\s+)?(?:ba|z|da|k|fi)?sh\b|"
-               r"\b(?:curl|wget)\b[^\n|]*\|\s*(?:sudo\s+)?python"),
-    _rule("sudo / su", "confirm", "runs a command as root", text=_CMD + r"(?:sudo|su|doas|pkexec)\b"),
-    _rule("recursive chmod/chown", "confirm", "changes permissions or owners of a tree",
-          text=r"\bch(?:mod|own|grp)\s+(?:\S+\s+)*?(?:-[a-z]*R[a-z]*|--recursive)\b"),
-    _rule("chmod 777 on /", "confirm", "opens the file system to everyone", text=r"\bchmod\s+(?:-\S+\s+)*0?777\s+/"),
-    _rule("shutdown / reboot", "confirm", "turns the machine off or restarts it",
-          text=_CMD + r"(?:shutdown|reboot|poweroff|halt)\b|\binit\s+[06]\b|\bsystemctl\s+(?:poweroff|reboot|halt|kexec)\b"),
-    _rule("kill everything", "confirm", "kills every process", text=r"\bkill\s+-(?:9|KILL)\s+-1\b|\bkillall5?\b"),
-    _rule("truncate a system file", "confirm", "overwrites a system file", text=r">\s*/(?:etc|boot|usr|bin|lib)/"),
     _rule("ctrl+alt+delete", "confirm", "logs out or reboots", keys=["ctrl", "alt", "delete"]),
     _rule("ctrl+alt+backspace", "confirm", "kills the X server", keys=["ctrl", "alt", "backspace"]),
     *(_rule(f"ctrl+alt+f{n}", "confirm", "switches to a text console", keys=["ctrl", "alt", f"f{n}"])
@@ -160,6 +145,7 @@ class SafetyConfig(BaseModel):
     outside_region: Effect = "confirm"
     outside_monitor: Effect = "confirm"  # points off the monitor the agent observes
     unattended_confirm: Literal["deny", "allow"] = "deny"
+    strict: bool = False  # confirm every command typed into a terminal (``--safety strict``)
     on_refusal: Literal["retry", "skip", "stop"] = "retry"  # retry: ask the model again, with the reason
     max_refusals_per_step: int = Field(2, ge=1)  # then the step is skipped
 
@@ -243,37 +229,102 @@ def _stricter(a: SafetyVerdict, b: SafetyVerdict) -> SafetyVerdict:
     return b if _STRICTNESS[b.effect] > _STRICTNESS[a.effect] else a
 
 
+FocusProbe = Callable[[], "tuple[str, bool] | None"]  # (window id, is a terminal) of the focused window
+
+
 class SafetyPolicy(AgentHooks):
-    """The hook. ``unattended``: nobody to ask, so "confirm" is refused (unless the config allows it)."""
+    """The hook. ``unattended``: nobody to ask, so "confirm" is refused (unless the config allows it).
+
+    ``focus``: tells which window has the keyboard focus (``attach(env)`` finds it for local desktops); without
+    it keystrokes after a click go to a window the policy does not know, and the line model judges every way
+    they could combine. ``before_action`` judges on a copy of the line model; what ran is committed at
+    ``on_step_end`` (or ``commit`` for harnesses that act themselves).
+    """
 
     def __init__(self, config: SafetyConfig | None = None, *, confirm: Confirm | None = None,
-                 unattended: bool = False, audit_path: Path | None = None) -> None:
+                 unattended: bool = False, audit_path: Path | None = None, strict: bool | None = None,
+                 focus: FocusProbe | None = None) -> None:
         self.config = config or SafetyConfig()
+        if strict is not None:
+            self.config = self.config.model_copy(update={"strict": strict})
         self.confirm = confirm
         self.unattended = unattended
         self.audit_path = audit_path
+        self.focus = focus
         self.records: list[SafetyRecord] = []
-        self._line = ""  # what was typed on the current input line, to catch commands typed in pieces
+        self.lines = LineModel(strict=self.config.strict)
+        self._step_focus: tuple[str, bool] | None = None
         self._refusals: dict[int, int] = {}
 
+    def attach(self, env: object) -> None:
+        """Learn the keyboard focus from ``env.focused_window()`` when the environment offers it."""
+        probe = getattr(env, "focused_window", None)
+        if self.focus is None and callable(probe):
+            def focus() -> tuple[str, bool] | None:
+                try:
+                    window = probe()
+                except Exception:
+                    return None
+                if window is None:
+                    return None
+                ident, wm_class = window
+                return str(ident), is_terminal_class(wm_class)
+
+            self.focus = focus
+
+    def reset(self) -> None:
+        """Forget the terminal lines and shell state (a new episode on a fresh machine)."""
+        self.lines = LineModel(strict=self.config.strict)
+        self._refusals.clear()
+
     def before_action(self, context: StepContext) -> HookDecision | None:
+        return self.review(context)
+
+    def review(self, context: StepContext) -> HookDecision | None:
         monitor = context.observation.geometry.monitor
-        line = self._line
+        self._step_focus = self.focus() if self.focus else None
+        lines = self.lines.copy()
+        lines.begin_step(self._step_focus)
         notes: list[str] = []
         for action in context.actions:
-            if isinstance(action, TypeText) and action.at is not None:
-                line = ""
-            verdict = check_action(action, self.config, monitor=monitor, line_before=line)
+            verdict = check_action(action, self.config, monitor=monitor, line_before=lines.visible_line())
+            for enter in lines.feed(action):
+                effect, rule, reason = self._user_line_rule(enter)
+                if effect != "allow":
+                    verdict = _stricter(verdict, SafetyVerdict(effect=effect, rule=rule, reason=reason))
             if verdict.effect != "allow":
                 allowed, outcome = self._resolve(context.step, action, verdict)
                 self._record(context, action, verdict, outcome)
                 if not allowed:
                     return self._refuse(context.step, action, verdict, outcome)
                 notes.append(f"{describe(action)}: {outcome} ({verdict.rule}: {verdict.reason})")
-            line = _next_line(line, action)
-        self._line = line
         self._refusals.pop(context.step, None)
         return HookDecision(verdict="execute", reason="safety: " + "; ".join(notes)) if notes else None
+
+    def _user_line_rule(self, enter) -> tuple[Effect, str | None, str]:
+        """The user's text rules, matched against each line Enter may submit, come before the shell judgement."""
+        rules = [r for r in self.config.rules if r.text is not None and r.keys is None and r.actions is None]
+        matched = []
+        for line in enter.lines:
+            rule = next((r for r in rules if re.search(r.text, line, re.IGNORECASE)), None)
+            matched.append(rule)
+        if matched and all(r is not None for r in matched):
+            worst = max(matched, key=lambda r: _STRICTNESS[r.effect])
+            return worst.effect, worst.name, worst.reason or worst.name
+        return enter.effect, enter.rule, enter.reason
+
+    def on_step_end(self, record: object) -> None:
+        actions = list(getattr(record, "actions", None) or [])
+        results = list(getattr(record, "results", None) or [])
+        if results and all(r.skipped for r in results):
+            return
+        self.commit(actions[:len(results)])
+
+    def commit(self, actions: list[Action]) -> None:
+        """Advance the line model by the actions that were executed."""
+        self.lines.begin_step(self._step_focus)
+        for action in actions:
+            self.lines.feed(action)
 
     def _resolve(self, step: int, action: Action, verdict: SafetyVerdict) -> tuple[bool, str]:
         if verdict.effect == "deny":
@@ -314,14 +365,60 @@ class SafetyPolicy(AgentHooks):
                 f.write(record.model_dump_json() + "\n")
 
 
-def _next_line(line: str, action: Action) -> str:
-    """The current input line after ``action`` ran (clicks, Enter and hotkeys start a new one)."""
-    if isinstance(action, TypeText):
-        line = (line + action.text).rsplit("\n", 1)[-1]
-        return line[-_LINE_MEMORY:]
-    if isinstance(action, (Click, Drag, Hotkey)) or (isinstance(action, Press) and action.key in ("enter", "esc")):
-        return ""
-    return line
+def is_terminal_class(wm_class: str | None) -> bool:
+    """A window whose WM_CLASS names a terminal emulator (or an editor with a built-in terminal)."""
+    if not wm_class:
+        return False
+    return any(part.lower() in TERMINAL_CLASSES for part in str(wm_class).replace(",", " ").split())
+
+
+def default_policy(*, unattended: bool = True) -> SafetyPolicy:
+    """What every entry point installs unless told otherwise: the default rules, nobody to confirm."""
+    return SafetyPolicy(unattended=unattended)
+
+
+class _DefaultSafety:
+    def __repr__(self) -> str:
+        return "DEFAULT_SAFETY"
+
+
+DEFAULT_SAFETY: object = _DefaultSafety()  # Agent(safety=...) default: install the default policy
+
+
+def find_policy(hooks: AgentHooks | None) -> SafetyPolicy | None:
+    """The SafetyPolicy among ``hooks`` (a HookChain is searched), if any."""
+    if isinstance(hooks, SafetyPolicy):
+        return hooks
+    for hook in getattr(hooks, "hooks", None) or []:
+        found = find_policy(hook)
+        if found is not None:
+            return found
+    return None
+
+
+def install_safety(hooks: AgentHooks | None, env: object, safety: object = DEFAULT_SAFETY
+                   ) -> tuple[AgentHooks, SafetyPolicy | None]:
+    """The hooks an Agent runs, with the action policy first, and that policy (None: turned off).
+
+    ``safety``: DEFAULT_SAFETY installs ``default_policy()`` unless ``hooks`` hold a policy already; a
+    SafetyPolicy is put in front of ``hooks``; None adds nothing (the caller turned safety off explicitly).
+    """
+    from agent.hooks import HookChain
+
+    existing = find_policy(hooks)
+    if safety is None:
+        policy = existing
+    elif safety is DEFAULT_SAFETY:
+        policy = existing or default_policy()
+    elif isinstance(safety, SafetyPolicy):
+        policy = safety
+    else:
+        raise TypeError(f"safety must be a SafetyPolicy or None, not {type(safety).__name__}")
+    if policy is not None:
+        policy.attach(env)
+    if policy is not None and policy is not existing:
+        hooks = HookChain([policy, hooks]) if hooks is not None else policy
+    return hooks or AgentHooks(), policy
 
 
 def ask_on_terminal(request: ConfirmRequest) -> bool:

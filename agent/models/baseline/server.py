@@ -14,6 +14,7 @@ import re
 import threading
 import time
 import uuid
+import warnings
 from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,6 +27,8 @@ from agent.tokens import image_tokens
 
 BASELINE_MODEL = "kimi-cua-baseline-ocr"
 REPORTED_MAX_MODEL_LEN = 131072  # the grounder has no context limit; report Kimi-VL's so clients size alike
+MAX_IMAGE_PIXELS = 40_000_000  # an 8K screen is 33 MP; a 17 KB PNG of 12000x12000 would decode to 2.25 GB
+MAX_BODY_BYTES = 256 * 1024 * 1024
 
 
 class BadRequest(ValueError):
@@ -68,6 +71,42 @@ def last_image(messages: list[dict[str, Any]]) -> bytes | None:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest("the image data URL holds invalid base64") from None
+
+
+def check_image(data: bytes) -> None:
+    """Refuse an image that is not one, or whose pixels would not fit (a decompression bomb), from its header."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadRequest(f"the screenshot is not a readable image ({exc})") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise BadRequest(f"the screenshot is {width}x{height}: more than {MAX_IMAGE_PIXELS:,} pixels; "
+                         "send a screenshot of the screen, at most 8K")
+
+
+def check_body(body: Any) -> list[dict[str, Any]]:
+    """The messages of a chat request, or BadRequest naming what is malformed."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("the request has no messages list")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages[{i}] must be an object")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise BadRequest(f"messages[{i}].content must be a string or a list of parts")
+        if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
+            raise BadRequest(f"messages[{i}].content must hold objects")
+    if body.get("stream_options") is not None and not isinstance(body.get("stream_options"), dict):
+        raise BadRequest("stream_options must be an object")
+    if body.get("model") is not None and not isinstance(body.get("model"), str):
+        raise BadRequest("model must be a string")
+    return messages
 
 
 def _text_of(message: dict[str, Any]) -> str:
@@ -150,10 +189,11 @@ class BaselineGrounder:
         prompt = instruction_text(messages)
         if not prompt.strip():
             return failure_answer("the request has no instruction text")
+        check_image(image)
         try:
             width, height, boxes = self._ocr.read(image)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
+        except (ValueError, OSError) as exc:
+            raise BadRequest(f"the screenshot cannot be read: {exc}") from None
         return ground(prompt, boxes, width, height, self.threshold)
 
 
@@ -213,11 +253,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, f"no route {self.path}; POST /v1/chat/completions")
             return
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise BadRequest("the request has no messages list")
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise BadRequest("Content-Length is not a number") from None
+            if length < 0 or length > MAX_BODY_BYTES:
+                self.close_connection = True
+                raise BadRequest(f"Content-Length {length} is outside 0..{MAX_BODY_BYTES}")
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadRequest(f"the body is not valid JSON: {exc}") from None
+            messages = check_body(body)
             model = body.get("model") or self.server.model_name
             if model != self.server.model_name:
                 self._error(404, f"The model `{model}` does not exist.")
@@ -230,6 +277,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except OcrUnavailable as exc:
             self._error(503, str(exc))
+            return
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:  # malformed in a way not foreseen
+            self._error(400, f"malformed request: {type(exc).__name__}: {exc}")
             return
         usage = {"prompt_tokens": _prompt_tokens(messages), "completion_tokens": _estimate_tokens(text)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]

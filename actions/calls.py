@@ -310,6 +310,8 @@ def _hotkey_node(call: str, node: ast.Call) -> list[Action]:
     if node.keywords and any(kw.arg not in _IGNORED_KEYWORDS and kw.arg != "keys" for kw in node.keywords):
         raise fail(f"{call}() takes key names only, e.g. {call}('ctrl', 'c')")
     args = Args(call)
+    if len(node.args) > MAX_HOTKEY_KEYS:
+        raise fail(f"{call}(): at most {MAX_HOTKEY_KEYS} keys at once")
     try:
         values = [_literal(a) for a in node.args] + [_literal(k.value) for k in node.keywords if k.arg == "keys"]
     except NotLiteral as exc:

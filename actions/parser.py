@@ -24,8 +24,9 @@ with a message meant to be fed back to the model.
 from __future__ import annotations
 
 import ast
-import warnings
+import itertools
 import re
+import warnings
 from actions.calls import (
     ALLOWED_MODULES,
     FORMAT_HINT,
@@ -119,8 +120,21 @@ def _is_bare_literal(code: str) -> bool:
     return code.strip()[:1] in ("[", "{", "(") and _CALL_START.search(code) is None
 
 
+_QUOTED = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"")
+# Separators outside strings in a code block: 50 calls with 16-item lists stay far below; thousands of
+# arguments only cost parse time (ast) before being refused anyway.
+MAX_CODE_SEPARATORS = 2_000
+
+
+def _too_complex(code: str) -> bool:
+    bare = _QUOTED.sub("", code)
+    return sum(bare.count(mark) for mark in ",([{=") > MAX_CODE_SEPARATORS
+
+
 def _parse_code(code: str) -> list[Action]:
     code = code.strip()
+    if _too_complex(code):
+        raise fail(f"the code block is far too long (at most {MAX_CODE_STATEMENTS} short calls)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # SyntaxWarning/DeprecationWarning about odd literals
@@ -189,6 +203,8 @@ def _prose_calls(text: str) -> tuple[list[Step], ActionParseError | None, list[s
             after = text[end:end + 1]
             if after in (".", "[", "("):
                 raise fail(f"{name}(...){after} - chained attributes, indexing and calls are not allowed")
+            if _too_complex(text[match.start():end]):
+                raise fail(f"{name}() has far too many arguments")
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -203,6 +219,8 @@ def _prose_calls(text: str) -> tuple[list[Step], ActionParseError | None, list[s
                 negated.append(text[match.start():end][:80])
                 continue
             steps.append(step)
+            if len(steps) > MAX_ACTIONS:
+                raise fail(f"at most {MAX_ACTIONS} actions per answer")
         except ActionParseError as exc:
             if _negated(text, match.start()):  # "do not click(the OK button)": nothing was asked for
                 negated.append(text[match.start():max(end, match.end())][:80])
@@ -222,10 +240,10 @@ def _bare_number(text: str) -> int | float:
 
 def _bare_point(text: str) -> Action | None:
     """A point or box that is the whole answer (give or take words around it), else None."""
-    matches = list(_BARE_POINT.finditer(text))
+    matches = list(itertools.islice(_BARE_POINT.finditer(text), 2))
     if len(matches) != 1:
         if len(matches) > 1:
-            raise fail(f"the answer holds {len(matches)} points; give exactly one action")
+            raise fail("the answer holds several points; give exactly one action")
         return None
     match = matches[0]
     rest = _JSON_STRING.sub('""', text[:match.start()] + " " + text[match.end():])  # labels say nothing

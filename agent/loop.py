@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -325,13 +326,16 @@ class Agent:
         stop_reason: str | None = None
         if not unfinished:
             notes.append("every action had finished before the kill")
+        elif results and not results[-1].ok:  # an action had failed: the loop had stopped, the rest never ran
+            notes.append("an action had failed before the kill; the later ones never ran")
         elif choice == "ran":
             results += [ActionResult(ok=True) for _ in unfinished]
             notes.append("resume: the user said the unfinished actions had run")
         elif choice == "rerun":
             notes.append("resume: the user had the unfinished actions run again")
             writer.resume_intent()
-            stop_reason = self._execute(unfinished, writer, results, notes)
+            runnable = [a for a in itertools.takewhile(lambda a: not isinstance(a, (Done, Fail)), unfinished)]
+            stop_reason = self._execute(runnable, writer, results)
         else:
             results.append(ActionResult(ok=False, error=_INTERRUPTED))
             results += [ActionResult(ok=False, skipped=True, error="not run: the run was killed before it")
@@ -354,8 +358,7 @@ class Agent:
             raise _StopRun(stop_reason)
         return record.step
 
-    def _execute(self, actions: list[Action], writer: TrajectoryWriter, results: list[ActionResult],
-                 notes: list[str]) -> str | None:
+    def _execute(self, actions: list[Action], writer: TrajectoryWriter, results: list[ActionResult]) -> str | None:
         """Run ``actions`` in order (results appended, progress recorded); returns a reason to stop the run."""
         assert self.env is not None
         for action in actions:
@@ -427,7 +430,7 @@ class Agent:
                     terminal = ("done", action.answer) if isinstance(action, Done) else ("fail", action.reason)
                     break
                 runnable.append(action)
-            stop_reason = self._execute(runnable, writer, results, notes)
+            stop_reason = self._execute(runnable, writer, results)
             if stop_reason is not None or len(results) < len(runnable) or not all(r.ok for r in results):
                 terminal = None  # a failed action before done/fail: the model sees the failure first
             elif terminal is not None:

@@ -9,8 +9,10 @@ own history like a model does: asked again for a step it already answered (a kil
 answers the same; told that a step "may have run", it looks (reads log.txt, as it would read the terminal) and
 types the item again only if it is not there.
 
-Each kill lands either at a uniform random time after the process starts (0-4 s) or a random 0-400 ms after the
-model's reply was sent (around the actions); then `kimi-cua run --resume` continues. A finished run starts a
+Each kill lands at one of three random moments, chosen at random: anywhere in the start-up (0 s to the measured
+time of the first request), 0-500 ms after the model's reply was sent (parsing, the intent, the actions), or
+0-300 ms after the intent appeared (while the actions run and the screen settles); then `kimi-cua run --resume`
+continues. A finished run starts a
 new one until ``--kills`` kills were made. Counted, per run and in total:
 - ``actions_executed_twice``: items appended more than once to log.txt;
 - ``records_lost``: items in log.txt that no step record typed, plus step numbers missing from the trajectory;
@@ -151,6 +153,7 @@ def run(args: argparse.Namespace) -> dict:
                   "--max-steps", str(args.items * 4)]
         env = dict(os.environ, DISPLAY=vd.display)
         run_index = 0
+        startup = 4.0  # seconds from the process start to its first request (learned as it goes)
         while kills < args.kills:
             run_index += 1
             work = Path(tmp) / f"run{run_index}"
@@ -166,6 +169,7 @@ def run(args: argparse.Namespace) -> dict:
                     else:
                         command = base + ["--resume", str(out)] + common
                     first = False
+                    launched = time.time()
                     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.PIPE, text=True)
                     if kills >= args.kills:
@@ -174,28 +178,34 @@ def run(args: argparse.Namespace) -> dict:
                             raise RuntimeError(f"the final resume failed ({proc.returncode}): {err[-2000:]}")
                         break
                     served = model.served
-                    after_reply = rng.random() < 0.5
-                    if after_reply:
-                        deadline = time.monotonic() + 60
-                        while model.served == served and proc.poll() is None and time.monotonic() < deadline:
-                            time.sleep(0.005)
-                        time.sleep(rng.uniform(0.0, 0.4))
+                    began = time.monotonic()
+                    mode = rng.choice(("startup", "reply", "actions"))
+                    if mode == "startup":  # anywhere from the process start to about its first request
+                        time.sleep(rng.uniform(0.0, startup))
                     else:
-                        time.sleep(rng.uniform(0.0, 4.0))
+                        deadline = time.monotonic() + 120
+                        while proc.poll() is None and time.monotonic() < deadline and (
+                                model.served == served if mode == "reply" else not (out / INTENT_FILE).exists()):
+                            time.sleep(0.001)
+                        if model.served != served:
+                            startup = 0.5 * startup + 0.5 * (time.monotonic() - began)
+                        time.sleep(rng.uniform(0.0, 0.5 if mode == "reply" else 0.3))
                     if proc.poll() is not None:  # it finished (or failed) before the kill
                         err = proc.stderr.read()
                         if proc.returncode != 0:
                             raise RuntimeError(f"the run failed before its kill ({proc.returncode}): {err[-2000:]}")
                         break
-                    pending = (out / INTENT_FILE).exists()
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(timeout=30)
                     proc.stderr.close()
                     kills += 1
                     readable, numbers = _check_readable(out) if (out / "trajectory.jsonl").exists() else (True, [])
                     totals["unreadable_trajectories"] += 0 if readable else 1
-                    totals["kills_with_intent_pending"] += int(pending or (out / INTENT_FILE).exists())
-                    kill_log.append({"run": run_index, "after_reply": after_reply, "steps": len(numbers),
+                    intent = out / INTENT_FILE
+                    # an intent this incarnation wrote (not one left by an earlier kill): actions were running
+                    pending = intent.exists() and intent.stat().st_mtime >= launched
+                    totals["kills_with_intent_pending"] += int(pending)
+                    kill_log.append({"run": run_index, "mode": mode, "steps": len(numbers),
                                      "intent_pending": pending})
                     if not readable:
                         break
@@ -218,7 +228,10 @@ def run(args: argparse.Namespace) -> dict:
         "kills_with_intent_pending": totals["kills_with_intent_pending"],
         "interrupted_steps_recorded": totals["interrupted_steps"],
         "steps_recorded": totals["steps"],
+        "kills_by_moment": dict(Counter(k["mode"] for k in kill_log)),
+        "kills_before_the_first_step": sum(1 for k in kill_log if not k["steps"] and not k["intent_pending"]),
         "per_run": runs,
+        "kill_log": kill_log if args.verbose else None,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -230,6 +243,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--port", type=int, default=0, help="loopback server port (default: any free one)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds the scripted model takes per reply")
+    parser.add_argument("--verbose", action="store_true", help="list every kill")
     print(json.dumps(run(parser.parse_args()), indent=2))
 
 

@@ -54,16 +54,19 @@ pytz~=2024.1
 opencv-python-headless>=4.5,<4.11
 torch==2.13.0
 PINS
-"$PY" -m pip install -q --no-deps "desktop-env==$DESKTOP_ENV_VERSION"
+pip_q() {  # pip, without the warnings this machine's pip.conf prints for every missing local index
+  "$PY" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+pip_q install -q --no-deps "desktop-env==$DESKTOP_ENV_VERSION"
 # What desktop_env's controllers, DesktopEnv and evaluators import (read from the wheel's import statements).
-"$PY" -m pip install -q -c "$CONSTRAINTS" \
+pip_q install -q -c "$CONSTRAINTS" \
   requests requests-toolbelt python-dotenv gymnasium playwright pydrive numpy Pillow pandas openpyxl python-docx \
   python-pptx odfpy rapidfuzz lxml cssselect xmltodict tldextract formulas pypdf PyPDF2 pymupdf pdfplumber borb \
   beautifulsoup4 opencv-python-headless imagehash librosa fastdtw scipy scikit-image mutagen pyacoustid pyyaml \
   pytz chardet
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 if [ "${KIMI_CUA_OSWORLD_EASYOCR:-0}" = "1" ]; then
-  "$PY" -m pip install -q -c "$CONSTRAINTS" torch==2.13.0 easyocr
+  pip_q install -q -c "$CONSTRAINTS" torch==2.13.0 easyocr
 else
   mkdir -p "$SITE/easyocr"
   cat > "$SITE/easyocr/__init__.py" <<'STUB'

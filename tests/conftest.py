@@ -56,3 +56,4 @@ def app(xdisplay, tmp_path):
     proc.terminate()
     proc.wait(timeout=5)
 from tests.real_vllm import real_vllm  # noqa: F401
+from tests.osworld_support import osworld_workers  # noqa: E402,F401  (one desktop-env worker per session)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import hashlib
 import io
 import json
 import math
@@ -45,7 +46,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -81,10 +82,11 @@ class Refusal(Exception):
     """A request vLLM refuses: the status, the error type, the message and vLLM's ``param``."""
 
     def __init__(self, status: int, message: str, *, kind: str | None = None, param: str | None = None,
-                 in_stream: bool = False) -> None:
+                 in_stream: bool = False, processed_images: list[str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.in_stream = status, message, param, in_stream
         self.kind = kind or _error_type(status)
+        self.processed_images = processed_images or []  # refused after vLLM's API process cached these images
 
 
 def _validation(message: str, *, parameter: str | None = None, value: Any = None) -> str:
@@ -116,6 +118,8 @@ class PromptCount:
     text_tokens: int  # before the image placeholders are expanded (one placeholder token per image)
     images: list[int]  # tokens of each image (without its 4 wrapper tokens)
     characters: int  # characters of the prompt rendered with Kimi-VL's chat layout
+    missing_image: int | None = None  # the index of the first image given by an unknown uuid alone
+    image_keys: list[str] = field(default_factory=list)  # each image's identity (its uuid, else its data)
 
 
 class LoopbackServer:
@@ -133,6 +137,7 @@ class LoopbackServer:
         encoder_cache_size: int | None = None,
         reasoning_parser: bool = False,
         max_chars_per_token: int = 64,
+        mm_cache_drift: bool = True,
     ) -> None:
         """``encoder_cache_size``: vLLM's pre-allocated encoder cache, in tokens (it derives it from
         ``--max-num-batched-tokens``); None = no limit. ``max_chars_per_token``: the longest token of the served
@@ -155,6 +160,11 @@ class LoopbackServer:
         self.clamps: list[dict[str, int]] = []  # replies cut by the context: {"prompt_tokens", "asked", "room"}
         self._lock = threading.Lock()
         self._next = 0
+        self._images_by_uuid: dict[str, tuple[int, int]] = {}
+        self.mm_cache_drift = mm_cache_drift and vllm_version != "0.9"
+        self.cache_drifts = 0  # requests answered 500 because of the multimodal cache drift
+        self._drifted: set[str] = set()  # images vLLM's API process believes the engine holds, wrongly
+        self._synced: set[str] = set()  # images the engine holds
         self._httpd = _Server(("127.0.0.1", port), _make_handler(self))
         self._thread: threading.Thread | None = None
 
@@ -192,7 +202,7 @@ class LoopbackServer:
         """Count a request's prompt. Refuses (``Refusal``) like vLLM while reading the messages: more images
         than ``max_images`` (checked as each one is added, before it is decoded) or image data that is not an
         image."""
-        tokens, text, images = 0, 0, []
+        tokens, text, images, missing, keys = 0, 0, [], None, []
         rendered = 0 if _has_system(body) else len(_DEFAULT_SYSTEM)
         for message in body.get("messages", []):
             tokens += 4
@@ -211,15 +221,41 @@ class LoopbackServer:
                     text += text_tokens(part.get("text", ""))
                     rendered += len(part.get("text", ""))
                 elif part.get("type") == "image_url":
+                    if "image_url" not in part:  # (how vLLM 0.32 words a part with neither data nor an image_url)
+                        raise Refusal(400, _validation("Missing 'type' field in multimodal part.", parameter="type"),
+                                      param="type")
                     if max_images is not None and len(images) + 1 > max_images:
                         raise self._too_many_images()
-                    width, height = _image_size(part)
-                    images.append(image_tokens(width, height, self.in_token_limit))
+                    keys.append(str(part["uuid"]) if part.get("uuid") is not None else hashlib.sha1(
+                        str((part.get("image_url") or {}).get("url")).encode()).hexdigest())
+                    size = self._image(part, len(images))
+                    if size is None:  # given by uuid alone and not in the cache: refused after the text checks
+                        missing = len(images) if missing is None else missing
+                        images.append(0)
+                    else:
+                        images.append(image_tokens(*size, self.in_token_limit))
                     tokens += images[-1] + 4
                     text += 5  # the wrapper and one placeholder, expanded after tokenization
                     rendered += len(_MEDIA_BLOCK)
         return PromptCount(tokens=tokens, text_tokens=text, images=images,
-                           characters=rendered + len(_GENERATION_PROMPT))
+                           characters=rendered + len(_GENERATION_PROMPT), missing_image=missing, image_keys=keys)
+
+    def _image(self, part: dict[str, Any], index: int) -> tuple[int, int] | None:
+        """An image part's size. vLLM 0.32 caches images by the part's ``uuid``: a part may then give the uuid
+        alone (``image_url`` or its ``url`` null); None when that uuid is not in the cache."""
+        key = part.get("uuid")
+        url = (part.get("image_url") or {}).get("url")
+        if url is None and key is not None:
+            with self._lock:
+                size = self._images_by_uuid.get(str(key))
+            if size is None and self.legacy:
+                raise Refusal(400, f"Cache miss for image at index {index} but data is not provided.")
+            return size
+        size = _image_size(part)
+        if key is not None:
+            with self._lock:
+                self._images_by_uuid[str(key)] = size
+        return size
 
     def _too_many_images(self) -> Refusal:
         message = f"At most {self.max_images} image(s) may be provided in one prompt."
@@ -267,20 +303,44 @@ class LoopbackServer:
                 f"{limit + 1} input tokens, which exceeds this limit even without any output tokens. "
                 "Please reduce the length of the input prompt.", parameter="input_tokens", value=limit + 1),
                 param="input_tokens")
+        if count.missing_image is not None:
+            raise Refusal(400, f"Cache miss for image at index {count.missing_image} but data is not provided.")
+        processed = count.image_keys  # from here on vLLM's API process has cached the images (see _cache_drift)
         if count.tokens > limit:
-            raise Refusal(400, f"Input length ({count.tokens}) exceeds model's maximum context length ({limit}).")
+            raise Refusal(400, f"Input length ({count.tokens}) exceeds model's maximum context length ({limit}).",
+                          processed_images=processed)
         room = limit - count.tokens
-        if room < 1:
+        if room < 1:  # the prompt fills the context exactly: vLLM clamps max_tokens to 0, then refuses that
             raise Refusal(400, _validation(f"max_tokens must be at least 1, got {room}.", parameter="max_tokens",
-                                           value=room), param="max_tokens")
+                                           value=room), param="max_tokens", processed_images=processed)
         if self.encoder_cache_size is not None:
             for n in count.images:
                 if n > self.encoder_cache_size:
                     raise Refusal(400, f"The decoder prompt contains a(n) image item with {n} embedding tokens, "
                                        f"which exceeds the pre-allocated encoder cache size {self.encoder_cache_size}. "
                                        "Please reduce the input size or increase the encoder cache size by setting "
-                                       "--limit-mm-per-prompt at startup.", in_stream=True)
+                                       "--limit-mm-per-prompt at startup.", in_stream=True,
+                                  processed_images=processed)
         return count, room if asked is None else min(asked, room)
+
+    # ---- vLLM 0.32's multimodal cache drift -------------------------------------------------------
+    def _images_refused(self, keys: list[str]) -> None:
+        """A request was refused after vLLM's API process cached its images (its "P0" cache) but before the engine
+        got them ("P1"): the images it had not sent before are now believed sent when they are not."""
+        if self.mm_cache_drift:
+            with self._lock:
+                self._drifted |= set(keys) - self._synced
+
+    def _cache_drift(self, keys: list[str]) -> bool:
+        """Whether this request meets the drift: vLLM sends such images without their data, the engine misses
+        them and the request fails with HTTP 500 "Internal server error" (vLLM logs "P0/P1 cache drift; returning
+        a retryable response so the items are resent with data"). The same request again succeeds."""
+        with self._lock:
+            drifted = bool(self._drifted.intersection(keys))
+            self._drifted.difference_update(keys)
+            if not drifted:
+                self._synced.update(keys)
+            return drifted
 
     def _admit_legacy(self, body: dict[str, Any]) -> tuple[PromptCount, int]:
         """The loopback's 0.9-era behaviour, unchanged: prompt + max_tokens over the limit is refused."""
@@ -456,10 +516,19 @@ def _make_handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
                 count, allowed = server.admit(body)
             except Refusal as refusal:
                 server.refusals.append(refusal.message)
+                server._images_refused(refusal.processed_images)
                 if refusal.in_stream and body.get("stream") and not server.legacy:
                     self._stream_error(refusal.status, refusal.message, refusal.kind, refusal.param)
                 else:
                     self._error(refusal.status, refusal.message, kind=refusal.kind, param=refusal.param)
+                return
+            if server._cache_drift(count.image_keys):
+                with server._lock:
+                    server.cache_drifts += 1
+                if body.get("stream"):  # the engine fails the request after the stream began
+                    self._stream_error(500, "Internal server error", "InternalServerError", None, role_first=True)
+                else:
+                    self._error(500, "Internal server error", kind="InternalServerError")
                 return
             reply = server.next_reply(body)
             delay = server.latency + reply.delay
@@ -534,9 +603,17 @@ def _make_handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(f"data: {data}\n\n".encode())
             self.wfile.flush()
 
-        def _stream_error(self, status: int, message: str, kind: str, param: str | None) -> None:
-            """An error vLLM meets after the stream began: HTTP 200, one error event, then [DONE]."""
+        def _stream_error(self, status: int, message: str, kind: str, param: str | None, *,
+                          role_first: bool = False) -> None:
+            """An error vLLM meets after the stream began: HTTP 200, one error event, then [DONE]. An error the
+            engine reports with its first output comes after the role chunk (``role_first``)."""
             self._start_stream()
+            if role_first:
+                self._write_event({"id": f"chatcmpl-{uuid.uuid4().hex[:16]}", "object": "chat.completion.chunk",
+                                   "created": int(time.time()), "model": server.model,
+                                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                "logprobs": None, "finish_reason": None}],
+                                   "prompt_token_ids": None, "prompt_text": None})
             self._write_event({"error": {"message": message, "type": kind, "param": param, "code": status}})
             self._write_event("[DONE]")
             self.close_connection = True

@@ -23,7 +23,6 @@ def main() -> int:
     from desktop_env.evaluators import getters
 
     port = request["port"]
-    home = request["home"]
     cache = request["cache"]
     pc = PythonController(vm_ip="127.0.0.1", server_port=port)
     pc.retry_interval = 0.2  # the wheel's own retries, shortened: a failing route fails fast

@@ -1,8 +1,11 @@
 """Helpers for the tests that run OSWorld's own code (desktop-env in .venv-osworld) against our guest."""
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import sys
 import textwrap
 from pathlib import Path
@@ -79,3 +82,39 @@ def recording_pyautogui(root: Path, record: Path) -> dict[str, str]:
     xclip.chmod(0o755)
     return {"PYTHONPATH": str(root / "fake_py"), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "KIMI_CUA_RECORD": str(record)}
+
+
+class FileServer:
+    """Serves a folder over HTTP on 127.0.0.1 (the tests' stand-in for the model hub / Google Drive)."""
+
+    def __init__(self, root: Path) -> None:
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self.requests: list[str] = []
+        self._httpd.requests = self.requests  # type: ignore[attr-defined]
+
+    def __enter__(self) -> "FileServer":
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        self.server.requests.append(self.path)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def osworld_workers(tmp_path_factory):
+    """One OSWorld worker (desktop-env in .venv-osworld) for the whole session: importing it takes ~15-20 s."""
+    from agent.evals.local_run import WorkerPool
+
+    require_osworld()
+    use_test_displays()
+    pool = WorkerPool(tmp_path_factory.mktemp("osworld-workers"))
+    yield pool
+    pool.close()

@@ -3,12 +3,9 @@ getters (in .venv-osworld) on an Xvfb desktop, every route they call; downloads 
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import shutil
 import subprocess
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,33 +14,9 @@ from agent.evals.local_tasks import APPS_DIR
 from envs.osworld_client import OSWorldServerClient
 from envs.osworld_guest import GuestConfig, GuestServer
 from envs.xvfb import VirtualDisplay
-from tests.osworld_support import free_port, require_osworld, use_test_displays
+from tests.osworld_support import FileServer, free_port, require_osworld, use_test_displays
 
 DRIVER = Path(__file__).with_name("osworld_routes_driver.py")
-
-
-class FileServer:
-    """Serves a folder over HTTP on 127.0.0.1 (the tests' stand-in for the model hub / Google Drive)."""
-
-    def __init__(self, root: Path) -> None:
-        handler = functools.partial(_QuietHandler, directory=str(root))
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self.requests: list[str] = []
-        self._httpd.requests = self.requests  # type: ignore[attr-defined]
-
-    def __enter__(self) -> "FileServer":
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        self.server.requests.append(self.path)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")

@@ -254,7 +254,7 @@ def max_tokens_check(server_len: int | None, model: str, size: tuple[int, int], 
         f"restart vLLM with --max-model-len {max_tokens + step_tokens(model, size)} or more"
     return Check(name="max tokens", status="fail",
                  detail=f"reply limit {max_tokens} (--max-tokens) > server max_model_len {server_len}: vLLM refuses "
-                 "every such request", fix=fix)
+                 "such requests", fix=fix)
 
 
 def _blank_png(size: tuple[int, int]) -> bytes:

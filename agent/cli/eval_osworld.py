@@ -19,10 +19,9 @@ from agent.evals.osworld import (
     import_desktop_env,
     load_meta,
     pending,
-    run_local_suite,
     run_osworld,
 )
-from agent.evals.local_tasks import TaskError, load_tasks
+from agent.evals.local_tasks import LoadProblem, TaskError, load_tasks
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -40,10 +39,24 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--api-key", help="bearer token, if the server wants one")
 
 
+def _ports(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port range like 8220-8239, not {text!r}") from None
+    if not 0 < low <= high < 65536:
+        raise argparse.ArgumentTypeError(f"not a port range: {text!r}")
+    return low, high
+
+
 def register_eval(sub: argparse._SubParsersAction) -> None:
-    local = sub.add_parser("local", help="OSWorld-format tasks on private Xvfb desktops (no VM)",
-                           description="Run OSWorld-format task files, each on its own Xvfb desktop, and score them. "
-                                       "TASKS: a task file, a folder of them, or 'builtin' for the shipped suite.")
+    local = sub.add_parser("local", help="OSWorld-format tasks on private Xvfb desktops (no VM), OSWorld's own "
+                                         "setup and scoring code",
+                           description="Run OSWorld-format task files, each on its own Xvfb desktop with our guest "
+                                       "(OSWorld's in-VM API), its own session bus and a private HOME; set up by "
+                                       "OSWorld's SetupController and scored by OSWorld's metrics and getters (the "
+                                       "desktop-env wheel, in .venv-osworld). Task files are trusted code: their setup "
+                                       "steps run shell commands. TASKS: a task file, a folder of them, or 'builtin'.")
     local.add_argument("tasks", metavar="TASKS", help="task .json, folder, or 'builtin'")
     local.add_argument("--out", type=Path, help="results folder (default: runs/local-<timestamp>)")
     local.add_argument("--max-steps", type=int, default=15, help="steps per task (default 15)")
@@ -51,6 +64,15 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     local.add_argument("--no-sandbox", action="store_true", help="run task programs and commands without bubblewrap "
                        "(by default they see a read-only system, the task's private HOME and /tmp, no network)")
     local.add_argument("--sandbox-network", action="store_true", help="let sandboxed task programs use the network")
+    local.add_argument("--cache-dir", type=Path, help="where `download` setups keep their files (default <out>/cache)")
+    local.add_argument("--task-timeout", type=float, default=1800.0,
+                       help="wall-clock budget of one task, seconds (default 1800); then it is `timeout`")
+    local.add_argument("--ports", type=_ports, help="TCP ports for the tasks' guests, LOW-HIGH (default: any free)")
+    local.add_argument("--chromium-port", type=int, default=9222, help="Chrome's CDP port in the tasks (default 9222)")
+    local.add_argument("--vlc-port", type=int, default=8080, help="VLC's HTTP port in the tasks (default 8080)")
+    local.add_argument("--client-password", default="password", help="{CLIENT_PASSWORD} (default 'password')")
+    local.add_argument("--install-osworld", action="store_true",
+                       help="first install OSWorld's code in .venv-osworld (scripts/install_osworld.sh)")
     _model_arguments(local)
     local.set_defaults(handler=run_local_command)
 
@@ -78,15 +100,35 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def run_local_command(args: argparse.Namespace) -> int:
+    from agent.evals.local_run import RERUN, format_status_table, run_local_suite, status_table
+    from agent.evals.osworld_code import OSWorldCodeUnavailable, install_osworld, osworld_python
+
+    problems: list[LoadProblem] = []
     try:
-        items = load_tasks(args.tasks)
+        items = load_tasks(args.tasks, problems)
     except TaskError as exc:
+        print(f"kimi-cua eval local: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"kimi-cua eval local: skipped {problem.error}", file=sys.stderr)
+    if not items:
+        print("kimi-cua eval local: no loadable task files", file=sys.stderr)
+        return 2
+    if args.install_osworld and install_osworld() != 0:
+        print("kimi-cua eval local: scripts/install_osworld.sh failed", file=sys.stderr)
+        return 2
+    try:
+        osworld_python()
+    except OSWorldCodeUnavailable as exc:
         print(f"kimi-cua eval local: {exc}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / f"local-{datetime.now():%Y%m%d-%H%M%S}"
     options = LocalRunOptions(out_dir=out, base_url=args.base_url, model=args.model, api_key=args.api_key,
                               max_steps=args.max_steps, width=args.size[0], height=args.size[1],
-                              sandbox=not args.no_sandbox, sandbox_network=args.sandbox_network)
+                              sandbox=not args.no_sandbox, sandbox_network=args.sandbox_network,
+                              cache_dir=args.cache_dir, task_timeout=args.task_timeout, port_range=args.ports,
+                              chromium_port=args.chromium_port, vlc_port=args.vlc_port,
+                              client_password=args.client_password)
     if options.sandbox:
         from agent.safety.sandbox import SandboxUnavailable, check_bubblewrap
 
@@ -97,15 +139,18 @@ def run_local_command(args: argparse.Namespace) -> int:
             return 2
 
     def show(result: LocalTaskResult) -> None:
-        note = f"  ({result.error})" if result.error else ""
-        print(f"{result.domain}/{result.task_id}: score {result.score:g}, {result.status} after {result.steps} "
+        score = "-" if result.score is None else f"{result.score:g}"
+        note = f"  ({result.reason or result.error})" if result.reason or result.error else ""
+        print(f"{result.domain}/{result.task_id}: {result.status}, score {score}, {result.steps}/{result.max_steps} "
               f"steps, {result.seconds:.0f} s{note}", flush=True)
 
-    print(f"{len(items)} tasks -> {out}", flush=True)
-    results = run_local_suite(items, options, on_result=show)
-    print(format_table(domain_table((r.domain, r.score) for r in results)))
+    print(f"{len(items)} tasks -> {out} (preflight first: unsupported tasks never reach the model)", flush=True)
+    results = run_local_suite(items, options, on_result=show, problems=problems)
+    print(format_status_table(status_table(results)))
     print(f"per task: {out / 'results.jsonl'}; summary: {out / 'summary.json'}")
-    return 0 if all(r.error is None for r in results) else 1
+    if any(r.status in RERUN for r in results):
+        print("run the same command again to repeat the infra_error and timeout tasks", file=sys.stderr)
+    return 0 if all(r.status in ("success", "fail", "unsupported") for r in results) else 1
 
 
 def run_osworld_command(args: argparse.Namespace) -> int:
@@ -146,10 +191,13 @@ def run_osworld_command(args: argparse.Namespace) -> int:
             bar.update(1)
 
         try:
-            run_osworld(options, done)
+            reported = run_osworld(options, done)
         except OSWorldUnavailable as exc:
             print(f"kimi-cua eval osworld: {exc}", file=sys.stderr)
             return 2
+    if reported < todo:  # a worker died (crash, OOM, kill) before reporting these
+        failures.append(f"{todo - reported} of {todo} examples never reported back (a worker process died); "
+                        "run again to retry them")
     print(format_table(domain_table(collect_results(options))))
     for line in failures:
         print(f"error: {line}", file=sys.stderr)

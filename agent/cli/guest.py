@@ -54,3 +54,10 @@ def run_guest(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return 0
+
+
+if __name__ == "__main__":  # python -m agent.cli.guest ...: the guest alone, without loading every command
+    _parser = argparse.ArgumentParser(prog="kimi-cua")
+    register(_parser.add_subparsers())
+    _args = _parser.parse_args(["guest", *sys.argv[1:]])
+    sys.exit(_args.handler(_args))

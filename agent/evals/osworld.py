@@ -1,7 +1,7 @@
 """Evaluation runners for OSWorld-format tasks.
 
-- Local (``kimi-cua eval local``): each task on its own private Xvfb desktop, run by our agent in a fresh
-  process (pyautogui binds to one display per process), then scored by ``agent.evals.local_tasks``.
+- Local (``kimi-cua eval local``): the options and result records here; the runner is ``agent.evals.local_run``
+  (each task on its own private Xvfb desktop and guest, set up and scored by OSWorld's own code).
 - OSWorld (``kimi-cua eval osworld``): examples through ``desktop_env.DesktopEnv`` (imported lazily: it lives
   in OSWorld's environment, never ours), written in OSWorld's result layout
   ``<result_dir>/pyautogui/screenshot/<model>/<domain>/<id>/{traj.jsonl, step_<n>_<ts>.png, result.txt}``;
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from agent.evals.local_tasks import Evaluation, TaskError, TaskFile, TaskSandbox
+from agent.evals.local_tasks import PLAIN_NAME, TaskError
 from agent.trajectory import repair_tail
 
 
@@ -64,19 +64,28 @@ class LocalRunOptions(BaseModel):
     agent: dict[str, Any] = Field(default_factory=dict)  # extra AgentConfig fields
     sandbox: bool = True  # task programs, commands and the window manager under bubblewrap (agent.safety.sandbox)
     sandbox_network: bool = False
+    cache_dir: Path | None = None  # downloads of `download` setups (default <out>/cache), kept across runs
+    task_timeout: float = 1800.0  # wall-clock budget of one task (setup, agent, evaluation), seconds
+    port_range: tuple[int, int] | None = None  # TCP ports for the tasks' guests (default: any free port)
+    chromium_port: int = 9222  # where the tasks' Chrome listens for CDP (OSWorld's tasks: socat 9222 -> 1337)
+    vlc_port: int = 8080  # VLC's HTTP interface
+    client_password: str = "password"  # {CLIENT_PASSWORD}, as DesktopEnv's default for local providers
 
 
 class LocalTaskResult(BaseModel):
     task_id: str
     domain: str
     path: str
-    score: float = 0.0
-    status: str = "error"  # the agent's: done / fail / max_steps / stopped / error
+    score: float | None = None  # upstream's evaluator's answer; None when the task was not scored
+    status: str = "infra_error"  # success / fail (scored) / agent_error / infra_error / timeout / unsupported
+    agent_status: str | None = None  # how the agent's run ended: done / fail / max_steps / stopped / error
     steps: int = 0
+    max_steps: int | None = None  # the step budget
+    time_budget: float | None = None  # the wall-clock budget, seconds
     error: str | None = None
+    reason: str | None = None  # why an unsupported task cannot run here
     seconds: float = 0.0
     out_dir: str = ""
-    evaluation: Evaluation | None = None
 
 
 class TaskRunner(Protocol):
@@ -113,91 +122,6 @@ def last_action_of(status: str, error: str | None) -> str | None:
     if status == "fail" and error is None:
         return "fail"
     return None
-
-
-def run_local_task(item: TaskFile, options: LocalRunOptions, runner: TaskRunner) -> LocalTaskResult:
-    """Set up, run and score one task on a private desktop in this process."""
-    from envs.xvfb import VirtualDisplay
-
-    task_dir = options.out_dir / item.domain / item.task.id
-    task_dir.mkdir(parents=True, exist_ok=True)
-    result = LocalTaskResult(task_id=item.task.id, domain=item.domain, path=str(item.path), out_dir=str(task_dir))
-    start = time.monotonic()
-    walls = _task_walls(options, task_dir)
-    with VirtualDisplay(options.width, options.height, launcher=walls.popen if walls else None) as vd:
-        if walls is not None:
-            walls.display = vd.display
-        sandbox = TaskSandbox(vd.env, task_dir / "home", walls=walls)
-        try:
-            sandbox.setup(item.task)
-            result.status, result.steps, result.error = runner(item.task.instruction, vd.display, task_dir / "run")
-            result.evaluation = sandbox.evaluate(item.task, last_action_of(result.status, result.error))
-            result.score = result.evaluation.score
-        except TaskError as exc:
-            result.error = str(exc)
-        except Exception as exc:  # one task's crash must not end the suite; the reason is kept
-            result.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            sandbox.close()
-    result.seconds = round(time.monotonic() - start, 2)
-    (task_dir / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
-    return result
-
-
-def _task_walls(options: LocalRunOptions, task_dir: Path):
-    """The bubblewrap sandbox of one task (None with ``sandbox=False``): the task's HOME, read-only apps."""
-    if not options.sandbox:
-        return None
-    from agent.evals.local_tasks import APPS_DIR
-    from agent.safety.sandbox import Sandbox
-
-    return Sandbox(task_dir / "sandbox", home=task_dir / "home", network=options.sandbox_network,
-                   read_only=[APPS_DIR]).prepare()
-
-
-def _task_process(item_json: str, options_json: str) -> None:
-    item = TaskFile.model_validate_json(item_json)
-    options = LocalRunOptions.model_validate_json(options_json)
-    run_local_task(item, options, agent_runner(options))
-
-
-def run_local_suite(items: list[TaskFile], options: LocalRunOptions,
-                    runner: TaskRunner | None = None,
-                    on_result: Callable[[LocalTaskResult], None] | None = None) -> list[LocalTaskResult]:
-    """Every task in turn; with the default runner each task runs in a fresh process. Writes
-    ``results.jsonl`` and ``summary.json`` in ``options.out_dir``."""
-    options.out_dir.mkdir(parents=True, exist_ok=True)
-    results_path = options.out_dir / "results.jsonl"
-    finished = read_local_results(results_path)  # a re-run resumes: finished tasks are kept, not redone
-    wanted = {(item.domain, item.task.id) for item in items}
-    results: list[LocalTaskResult] = [r for r in finished.values() if (r.domain, r.task_id) in wanted]
-    ctx = multiprocessing.get_context("spawn")
-    with open(results_path, "a", encoding="utf-8") as sink:
-        for item in items:
-            if (item.domain, item.task.id) in finished:
-                continue
-            if runner is not None:
-                result = run_local_task(item, options, runner)
-            else:
-                proc = ctx.Process(target=_task_process, args=(item.model_dump_json(), options.model_dump_json()))
-                proc.start()
-                proc.join()
-                result_file = options.out_dir / item.domain / item.task.id / "result.json"
-                if result_file.exists():
-                    result = LocalTaskResult.model_validate_json(result_file.read_text(encoding="utf-8"))
-                else:
-                    result = LocalTaskResult(task_id=item.task.id, domain=item.domain, path=str(item.path),
-                                             error=f"the task process died (exit code {proc.exitcode})")
-            results.append(result)
-            sink.write(result.model_dump_json() + "\n")
-            sink.flush()
-            if on_result:
-                on_result(result)
-    table = domain_table((r.domain, r.score) for r in results)
-    summary = {"tasks": len(results), "table": [row.model_dump() for row in table],
-               "errors": {r.task_id: r.error for r in results if r.error}}
-    (options.out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return results
 
 
 def _valid_result(line: bytes) -> bool:
@@ -284,6 +208,15 @@ def load_meta(options: OSWorldOptions) -> list[ExampleRef]:
         if options.domain not in meta:
             raise TaskError(f"domain {options.domain!r} is not in {path} (domains: {', '.join(sorted(meta))})")
         meta = {options.domain: meta[options.domain]}
+    if not isinstance(meta, dict) or not all(isinstance(ids, list) for ids in meta.values()):
+        raise TaskError(f"{path}: the test meta file must map each domain to a list of example ids")
+    # Domains and ids name folders under the results (and stale files there are deleted): plain names only.
+    bad = [f"{d}/{i}" for d, ids in meta.items() for i in ids
+           if not (isinstance(d, str) and PLAIN_NAME.match(d) and isinstance(i, str) and PLAIN_NAME.match(i))]
+    if bad:
+        raise TaskError(f"{path}: domains and example ids must be plain names (letters, digits, . _ -) that stay "
+                        f"inside the results folder; refused: {', '.join(map(repr, bad[:5]))}"
+                        f"{' ...' if len(bad) > 5 else ''}")
     return [ExampleRef(domain=d, example_id=i) for d, ids in meta.items() for i in ids]
 
 

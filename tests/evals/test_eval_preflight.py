@@ -4,14 +4,24 @@ Against the loopback here (fast, every branch); against the real vLLM in tests/m
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+from agent.cli.eval_screenspot import register_eval
 from agent.evals.preflight import MIN_REPLY_TOKENS, fit_max_tokens, prompt_tokens
 from agent.evals.screenspot import load_prompt
 from agent.evals.screenspot_data import load_dataset
 from agent.tokens import image_tokens
-from tests.evals.test_screenspot import MODEL, by_instruction, pro_dataset, run_cli
+from tests.evals.test_screenspot import MODEL, by_instruction, pro_dataset
 from tests.loopback import LoopbackServer
+
+
+def run_cli(argv: list[str]) -> int:
+    """`kimi-cua eval ...` through its own argument parser (the same handler agent.cli.main calls)."""
+    parser = argparse.ArgumentParser(prog="kimi-cua")
+    register_eval(parser.add_subparsers().add_parser("eval").add_subparsers())
+    args = parser.parse_args(argv)
+    return args.handler(args)
 
 
 def test_a_reply_limit_over_the_room_left_is_lowered_with_a_notice(tmp_path: Path, capsys) -> None:

@@ -18,6 +18,7 @@ from agent.evals.osworld import (
     collect_results,
     domain_table,
     import_desktop_env,
+    load_meta,
     pending,
     run_examples,
 )
@@ -167,44 +168,125 @@ def _editor_policy(text: str):
             kimi_reply("Saved.", "computer.terminate(status='success')")]
 
 
-@pytest.mark.parametrize("typed, expected_score", [("Buy milk", 1.0), ("Buy silk", 0.0)])
-def test_eval_local_scores_the_agent_run_with_the_task_evaluator(typed, expected_score, tmp_path, capsys):
-    import argparse
+def test_eval_local_end_to_end_with_preflight_bad_files_and_resume(tmp_path):
+    """The CLI: upstream setup and scoring of an agent run; an unsupported task and a bad file never reach the model;
+    a re-run repeats nothing that finished."""
+    import os
+    import shutil as _shutil
 
-    task = Path(__file__).resolve().parents[2] / "agent" / "evals" / "tasks" / "editor" / "editor-write-line.json"
+    from tests.e2e_support import run_cli
+    from tests.osworld_support import PORTS, require_osworld
+
+    require_osworld()
+    tasks = tmp_path / "tasks"
+    (tasks / "editor").mkdir(parents=True)
+    (tasks / "os").mkdir()
+    root = Path(__file__).resolve().parents[2]
+    _shutil.copy(root / "agent" / "evals" / "tasks" / "editor" / "editor-write-line.json", tasks / "editor")
+    (tasks / "os" / "needs-drive.json").write_text(json.dumps({
+        "id": "needs-drive", "instruction": "upload", "config": [{"type": "googledrive", "parameters": {}}],
+        "evaluator": {"func": "exact_match", "result": {"type": "rule", "rules": {}}}}))
+    (tasks / "os" / "broken.json").write_text("{")
     out = tmp_path / "out"
-    parser = argparse.ArgumentParser()
-    register_eval(parser.add_subparsers())
-    with LoopbackServer(_editor_policy(typed)) as server:
-        args = parser.parse_args(["local", str(task), "--out", str(out), "--base-url", server.base_url,
-                                  "--max-steps", "6"])
-        code = args.handler(args)  # each task runs in a fresh process on its own Xvfb desktop
-    stdout = capsys.readouterr().out
-    assert code == 0, stdout
-    result = json.loads((out / "results.jsonl").read_text().splitlines()[0])
-    assert result["status"] == "done" and result["steps"] == 4
-    assert result["score"] == expected_score
+    os.environ.setdefault("KIMI_CUA_DISPLAYS", "90-99")
+    args = ["eval", "local", str(tasks), "--out", str(out), "--max-steps", "6", "--ports", f"{PORTS.start}-{PORTS.stop - 1}"]
+    with LoopbackServer(_editor_policy("Buy milk")) as server:
+        first = run_cli([*args, "--base-url", server.base_url], timeout=300)
+        first_requests = len(server.requests)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first_requests == 4  # the unsupported task never reached the model
+    assert "skipped" in first.stderr and "broken.json" in first.stderr
+    results = {r["task_id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert (results["editor-write-line"]["status"], results["editor-write-line"]["score"]) == ("success", 1.0)
+    assert results["editor-write-line"]["agent_status"] == "done" and results["editor-write-line"]["steps"] == 4
+    assert results["editor-write-line"]["max_steps"] == 6 and results["editor-write-line"]["time_budget"] == 1800
+    assert results["needs-drive"]["status"] == "unsupported" and "Google Drive" in results["needs-drive"]["reason"]
     assert (out / "editor" / "editor-write-line" / "run" / "trajectory.jsonl").exists()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["table"][-1]["domain"] == "all"
-    assert "editor/editor-write-line: score" in stdout
+    assert summary["statuses"] == {"success": 1, "unsupported": 1} and summary["bad_files"][0]["path"].endswith("broken.json")
+    assert "scored" in first.stdout and "unsupported" in first.stdout
+    with LoopbackServer([]) as server:  # any request would fail: finished tasks must not run again
+        again = run_cli([*args, "--base-url", server.base_url], timeout=300)
+        assert len(server.requests) == 0
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
 
 
-def test_eval_local_rerun_resumes_without_redoing_or_duplicating_finished_tasks(tmp_path):
-    from tests.e2e_support import run_cli
+def test_a_timeout_is_repeated_by_a_rerun_and_nothing_else(tmp_path, osworld_workers):
+    """A model server that never answers: the task's budget ends it (timeout); the re-run repeats only that task."""
+    import socket
 
-    task = Path(__file__).resolve().parents[2] / "agent" / "evals" / "tasks" / "editor" / "editor-write-line.json"
-    out = tmp_path / "out"
-    with LoopbackServer(_editor_policy("Buy milk")) as server:
-        first = run_cli(["eval", "local", str(task), "--out", str(out), "--base-url", server.base_url,
-                         "--max-steps", "6"], env_display=None, timeout=180)
-    assert first.returncode == 0, first.stderr
-    with LoopbackServer([]) as server:  # any request would fail: a finished task must not run again
-        again = run_cli(["eval", "local", str(task), "--out", str(out), "--base-url", server.base_url],
-                        env_display=None, timeout=180)
-        requests = len(server.requests)
-    assert again.returncode == 0, again.stderr
-    assert requests == 0
-    lines = (out / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["score"] == 1.0
-    assert json.loads((out / "summary.json").read_text())["tasks"] == 1
+    from agent.evals.local_run import run_local_suite
+    from agent.evals.local_tasks import load_tasks
+    from agent.evals.osworld import LocalRunOptions
+    from tests.osworld_support import PORTS, free_port, require_osworld, use_test_displays
+
+    require_osworld()
+    use_test_displays()
+    tasks = tmp_path / "tasks" / "os"
+    tasks.mkdir(parents=True)
+    for name in ("quick", "slow"):
+        (tasks / f"{name}.json").write_text(json.dumps({
+            "id": name, "instruction": "nothing", "config": [],
+            "evaluator": {"func": "exact_match", "result": {"type": "vm_command_line", "command": "printf ok",
+                                                            "shell": True},
+                          "expected": {"type": "rule", "rules": {"expected": "ok"}}}}))
+    items = load_tasks(tasks.parent)
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", free_port()))
+    hole.listen(8)  # accepts connections, never answers
+    options = LocalRunOptions(out_dir=tmp_path / "out", sandbox=False, task_timeout=15, max_steps=2,
+                              port_range=(PORTS.start, PORTS.stop - 1),
+                              base_url=f"http://127.0.0.1:{hole.getsockname()[1]}/v1", model="m")
+    pool = osworld_workers
+    try:
+        quick_first = lambda instruction, display, out: ("done", 1, None)  # noqa: E731
+        first = run_local_suite(items[:1], options, runner=quick_first, workers=pool)  # "quick" scores
+        first += run_local_suite(items, options, workers=pool)  # "slow" meets the silent server
+        assert {r.task_id: r.status for r in first} == {"quick": "success", "slow": "timeout"}
+        ran = []
+
+        def runner(instruction, display, out):
+            ran.append(out.parent.name)
+            return "done", 1, None
+
+        again = run_local_suite(items, options, runner=runner, workers=pool)
+    finally:
+        hole.close()
+    assert ran == ["slow"]
+    assert {r.task_id: r.status for r in again} == {"quick": "success", "slow": "success"}
+
+
+# ---- eval osworld: folder names from the meta file, and workers that die ----------------------------------
+@pytest.mark.parametrize("meta", [{"os": ["../../victim"]}, {"../up": ["a"]}, {"os": ["a/b"]}, {"os": [".."]},
+                                  {"os": ["/abs"]}, {"os": [7]}])
+def test_meta_entries_that_are_not_plain_names_are_refused(osworld, meta, tmp_path):
+    from agent.evals.local_tasks import TaskError
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    osworld.meta_path().write_text(json.dumps(meta))
+    with pytest.raises(TaskError, match="plain names"):
+        load_meta(osworld)
+    assert (victim / "keep.txt").read_text() == "mine"
+
+
+def test_eval_osworld_exits_non_zero_when_examples_never_report_back(osworld, tmp_path, monkeypatch, capsys):
+    import argparse
+
+    fake = tmp_path / "fake"
+    (fake / "desktop_env").mkdir(parents=True)
+    (fake / "desktop_env" / "__init__.py").write_text("")
+    (fake / "desktop_env" / "desktop_env.py").write_text(
+        "import os\nclass DesktopEnv:\n    def __init__(self, **kwargs):\n        os._exit(3)  # a worker that dies\n")
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.setenv("PYTHONPATH", str(fake))
+    for name in [m for m in sys.modules if m.startswith("desktop_env")]:
+        monkeypatch.delitem(sys.modules, name)
+    parser = argparse.ArgumentParser()
+    register_eval(parser.add_subparsers())
+    args = parser.parse_args(["osworld", "--osworld-dir", str(osworld.osworld_dir), "--result-dir",
+                              str(osworld.result_dir), "--settle-after-reset", "0", "--num-envs", "2"])
+    assert args.handler(args) == 1
+    assert "3 of 3 examples never reported back" in capsys.readouterr().err

@@ -16,10 +16,9 @@ import pytest
 from actions.codegen import needs_clipboard, osworld_action
 from actions.types import Hotkey, Point, TypeText
 from agent.evals.local_tasks import APPS_DIR
-from agent.evals.osworld_code import OSWorldWorker
 from envs.osworld_guest import GuestConfig, GuestServer
 from envs.xvfb import VirtualDisplay
-from tests.osworld_support import free_port, recording_pyautogui, require_osworld, use_test_displays
+from tests.osworld_support import free_port, recording_pyautogui, use_test_displays
 
 ATTACK = "pyautogui.typewrite(\"X' if __import__('os').system('touch {canary}') else 'Y<Z\")"
 
@@ -54,11 +53,9 @@ def desktop():
         yield vd
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    python = require_osworld()
-    with OSWorldWorker(python, log_path=tmp_path_factory.mktemp("worker") / "worker.log") as w:
-        yield w
+@pytest.fixture
+def worker(osworld_workers):
+    return osworld_workers.get()
 
 
 def _records(path) -> list[list]:

@@ -457,3 +457,73 @@ def test_launch_returns_1_and_shows_the_log_when_the_server_dies(tmp_path, unuse
                                "raise SystemExit(2)"], log_path=tmp_path / "log", startup_timeout=30)
     err = capsys.readouterr().err
     assert code == 1 and "exited with code 2" in err and "bad flag" in err and "--vllm-version" in err
+
+
+SERVER_WITH_A_CHILD = textwrap.dedent("""
+    import subprocess, sys
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # like vLLM's engine core
+    open(sys.argv[2], "w").write(str(child.pid))
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        def log_message(self, *args):
+            pass
+    HTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
+""")
+
+LAUNCH_MAIN = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from agent.models import serve
+    plan = serve.ServePlan(variant="instruct", model="m", served_name="x", port=int(sys.argv[1]), max_model_len=4096,
+                           max_num_seqs=1, gpu_memory_utilization=0.9, max_images=1, mode="explicit")
+    sys.exit(serve.launch(plan, [sys.executable, "-c", sys.argv[3], sys.argv[1], sys.argv[2]],
+                          log_path=Path(sys.argv[2] + ".log"), startup_timeout=60))
+""")
+
+
+def child_alive(pid: int, wait: float = 5.0) -> bool:
+    """Whether ``pid`` still runs (a zombie left for an orphan's reaper does not count)."""
+    import psutil
+
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.parametrize("sig, said", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "SIGTERM")])
+def test_sigint_or_sigterm_stop_the_server_and_its_children(tmp_path, unused_port, sig, said):
+    child_file = tmp_path / "child.pid"
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCH_MAIN, str(unused_port), str(child_file),
+                             SERVER_WITH_A_CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=PROJECT)
+    watchdog = threading.Timer(90, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert "vLLM is ready" in ready, ready + proc.stderr.read()
+        child = int(child_file.read_text())
+        started = time.monotonic()
+        proc.send_signal(sig)
+        code = proc.wait(timeout=60)
+        took = time.monotonic() - started
+        err = proc.stderr.read()
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    assert code == 0 and f"kimi-cua serve: {said}: stopping vLLM" in err and "vLLM stopped (exit" in err
+    assert took < 30
+    assert not child_alive(child)  # the server's own children went with it (its process group was stopped)
+    with socket.socket() as s:  # the port is free again (connections of the health polls may linger in TIME_WAIT)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", unused_port))

@@ -12,6 +12,7 @@ vLLM's tokenizer, detokenizer, reasoning parser and streaming for real.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -28,9 +29,9 @@ import httpx
 import psutil
 import pytest
 
+from agent.cli.eval_screenspot import register_eval
 from agent.cli.doctor import DoctorSettings, exit_code, render_table, run_checks
 from agent.models.vllm import VLLMClient, image_part
-from tests.evals.test_screenspot import run_cli
 from tests.evals.test_screenspot_data import pro_row, write_pro
 from tests.real_vllm import VllmServer, require_vllm_python, start_vllm, tiny_model
 
@@ -202,8 +203,9 @@ def test_sigint_stops_vllm_and_all_its_processes(served):
     assert took < 60, took
     gone, alive = psutil.wait_procs(processes, timeout=5)
     assert not alive, alive
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", served.port))  # the port is free again
+    with socket.socket() as s:  # the port is free again (connections of the health polls may linger in TIME_WAIT)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", served.port))
     print(f"\nkimi-cua serve: stopped in {took:.1f} s after SIGINT", file=sys.stderr)
 
 
@@ -242,20 +244,33 @@ def pro_data(root: Path, size: tuple[int, int]) -> Path:
     return write_pro(root, {"word_linux": [pro_row(0, "word", "Office", "text", [200, 200, 400, 400], size)]})
 
 
+def run_cli(argv: list[str]) -> int:
+    """`kimi-cua eval ...` through its own argument parser (the same handler agent.cli.main calls)."""
+    parser = argparse.ArgumentParser(prog="kimi-cua")
+    register_eval(parser.add_subparsers().add_parser("eval").add_subparsers())
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
 def chat_requests(log: Path) -> int:
     return log.read_text(errors="replace").count("POST /v1/chat/completions")
 
 
 def test_eval_screenspot_lowers_the_reply_limit_or_refuses_before_sending(small_vllm, tmp_path, capsys):
-    # a 2000x1000 image is 2,592 tokens: what is left of 4096 is the reply limit, with a notice
+    # A 2000x1000 image is 2,592 tokens: what is left of 4096 becomes the reply limit, with a notice. (vLLM then
+    # refuses the image itself, larger than this server's encoder cache: a quick end for a random-weight model that
+    # would otherwise write its whole reply limit, and the one-line error says so.)
     data = pro_data(tmp_path / "fits", (2000, 1000))
     code = run_cli(["eval", "screenspot", str(data), "--out", str(tmp_path / "run"), "--base-url",
                     small_vllm.base_url, "--no-progress", "--timeout", "300"])
     err = capsys.readouterr().err
-    notice = re.search(r"notice: lowering --max-tokens from 8192 to (\d+): the server's max_model_len is 4096", err)
-    assert code == 0 and notice, err
-    run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["max_tokens"] == int(notice.group(1)) < 4096 - 2592
+    notice = re.search(r"notice: lowering --max-tokens from 8192 to (\d+): the server's max_model_len is 4096 and "
+                       r"the largest prompt \(a 2000x1000 image\) takes ~(\d+) tokens", err)
+    assert notice, err
+    lowered, prompt = int(notice.group(1)), int(notice.group(2))
+    assert lowered == 4096 - prompt and 256 <= lowered < 4096 - 2592
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["max_tokens"] == lowered
+    assert code == 1 and "encoder cache holds 2048" in err and "max_tokens" not in err.split("error:", 1)[1]
     # a 3200x1800 image is 4,214 tokens: no room for any reply; exit 2 with the fix, nothing sent
     data = pro_data(tmp_path / "too-big", (3200, 1800))
     before = chat_requests(small_vllm.log_path)
@@ -263,5 +278,6 @@ def test_eval_screenspot_lowers_the_reply_limit_or_refuses_before_sending(small_
                     small_vllm.base_url, "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "max_model_len is 4096" in err and "--max-model-len" in err, err
+    assert len(err.strip().splitlines()) == 1
     time.sleep(1)
     assert chat_requests(small_vllm.log_path) == before

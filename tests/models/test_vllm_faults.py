@@ -656,3 +656,60 @@ def test_a_base_url_that_contradicts_the_given_client_is_refused():
 def test_a_base_url_without_a_scheme_is_a_configuration_error():
     with pytest.raises(ServerUnreachable, match="not an http:// or https:// address; fix --base-url"):
         VLLMClient("localhost:8000/v1", retries=3, backoff=60.0).complete(HELLO, max_tokens=5)
+
+
+# ---- answers recorded from the real vLLM 0.32 (tests/vllm_0_32_transcripts.json), replayed byte for byte ------------
+TRANSCRIPTS_FILE = ROOT / "tests" / "vllm_0_32_transcripts.json"
+TRANSCRIPTS = json.loads(TRANSCRIPTS_FILE.read_text(encoding="utf-8")) if TRANSCRIPTS_FILE.exists() else {}
+# transcript name -> (expected error class, or None for an answer; the numbers it must carry)
+EXPECTED = {
+    "text prompt over max_model_len": (ContextLengthExceeded, {"limit": 4096, "prompt_tokens": 4097}),
+    "text prompt over max_model_len, streaming": (ContextLengthExceeded, {"limit": 4096, "prompt_tokens": 4097}),
+    "images push the prompt over max_model_len (text fits)": (ContextLengthExceeded,
+                                                              {"limit": 4096, "prompt_tokens": 4591}),
+    "images push the prompt over max_model_len, streaming": (ContextLengthExceeded,
+                                                             {"limit": 4096, "prompt_tokens": 4591}),
+    "huge text (>1M chars)": (ContextLengthExceeded, {"limit": 4096}),
+    "too many images (limit 2, sent 3)": (TooManyImages, {"limit": 2}),
+    "too many images, streaming": (TooManyImages, {"limit": 2}),
+    "max_tokens > max_model_len": (MaxTokensTooLarge, {"max_tokens": 8192, "max_model_len": 4096}),
+    "image larger than the encoder cache": (EncoderCacheTooSmall, {"item_tokens": 2691, "cache_size": 2048}),
+    "image larger than the encoder cache, streaming": (EncoderCacheTooSmall, {"item_tokens": 2691, "cache_size": 2048}),
+    "unknown model name": (RequestRefused, {"status": 404}),
+    "malformed base64 image data": (RequestRefused, {"status": 400}),
+    "prompt fits but prompt + max_tokens does not": (None, {"clamped": True}),
+    "prompt fits but prompt + max_tokens does not, streaming with usage": (None, {"clamped": True}),
+}
+
+
+def replay(transcript: dict) -> Fault | Reply:
+    if "sse_lines" in transcript:
+        return Fault(stream=[line.encode() for line in transcript["sse_lines"] if line])
+    return Reply(status=transcript["status"], raw_body=json.dumps(transcript["body"]).encode())
+
+
+@pytest.mark.skipif(not TRANSCRIPTS, reason="tests/vllm_0_32_transcripts.json not recorded yet")
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_answers_recorded_from_real_vllm_are_classified(name):
+    transcript = TRANSCRIPTS[name]
+    kind, numbers = EXPECTED[name]
+    request = transcript["request"]
+    stream = bool(request.get("stream"))
+    with FaultServer([replay(transcript)] * 3) as server:
+        client = client_for(server, retries=0)
+        if kind is None:
+            reply = client.complete(HELLO, max_tokens=request["max_tokens"], stream=stream)
+            assert {k: getattr(reply, k) for k in numbers} == numbers
+            return
+        if kind is MaxTokensTooLarge:  # the client lowers max_tokens and asks again: refused again here
+            with pytest.raises(MaxTokensTooLarge) as info:
+                client.complete(HELLO, max_tokens=request["max_tokens"], stream=stream)
+            assert len(server.requests) == 2 and server.requests[1]["max_tokens"] == 2048
+        else:
+            with pytest.raises(kind) as info:
+                client.complete(HELLO, max_tokens=request.get("max_tokens"), stream=stream)
+            assert len(server.requests) == 1  # refusals are not retried
+    error = info.value
+    assert type(error) is kind
+    assert {k: getattr(error, k) for k in numbers} == numbers
+    assert "\n" not in str(error)

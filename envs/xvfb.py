@@ -112,9 +112,9 @@ class VirtualDisplay:
                 self.stop()
                 raise DisplayError(f"window manager {self.window_manager!r} is not installed; {INSTALL_HINT}, "
                                    "or pass window_manager=None")
-            self._wm = (self.launcher or subprocess.Popen)([self.window_manager], env=self.env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True,
-                                        preexec_fn=die_with_parent())
+            launch = self.launcher or subprocess.Popen
+            self._wm = launch([self.window_manager], env=self.env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent())
             time.sleep(0.2)  # let the WM take over the root window before clients map
         return self
 

@@ -634,7 +634,7 @@ def _make_handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             self._write_event(chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                      "finish_reason": None}, prompt_token_ids=None, prompt_text=None))
             phases = _stream_phases(content, server.reasoning_parser)
-            step = 16
+            step = 3  # one chunk per stand-in token, as vLLM sends one per token
             pieces = [(phase, text[i:i + step]) for phase, text in phases for i in range(0, len(text), step)]
             # A reply that hit max_tokens ends on its last token's chunk; one that stopped ends with the chunk of the
             # end-of-sequence token, whose text is empty (its delta is {} while no thinking was seen, with a parser).

@@ -531,6 +531,24 @@ def images_of_a_refused_request_fail_once_when_sent_again(side: Side) -> dict[st
             "stream_again": again.status_code if "error" not in again.text else "error"}
 
 
+@scenario(DEFAULT_SERVER, lambda v: v["statuses"] == [200, 200, 200, 400, 400] and v["same_prompt_tokens"]
+          and "Cache miss for image at index 0" in _message(v["never seen"]))
+def images_given_by_uuid(side: Side) -> dict[str, Any]:
+    """vLLM 0.32 caches an image under the part's ``uuid``; later parts may give the uuid alone."""
+    key = f"screen-{fresh()}"
+    with_data = {**image(640, 360), "uuid": key}
+    answers = [side.chat(unscripted(part, "x", max_tokens=1)) for part in (
+        with_data,
+        {"type": "image_url", "image_url": None, "uuid": key},
+        {"type": "image_url", "image_url": {"url": None}, "uuid": key},
+        {"type": "image_url", "image_url": None, "uuid": f"never-seen-{fresh()}"},
+        {"type": "image_url", "uuid": key},
+    )]
+    tokens = [a.json()["usage"]["prompt_tokens"] for a in answers[:3] if a.status_code == 200]
+    return {"statuses": [a.status_code for a in answers], "same_prompt_tokens": len(set(tokens)) == 1,
+            "never seen": error_view(answers[3]), "no image_url key": error_view(answers[4])}
+
+
 # -- the limited server: image limit, encoder cache, reasoning parser --
 def _too_many(side: Side, stream: bool) -> dict[str, Any]:
     return error_view(side.chat(unscripted(image(56, 56), image(56, 56), image(56, 56), "x", max_tokens=4,

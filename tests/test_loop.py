@@ -185,7 +185,7 @@ def test_a_screenshot_over_the_encoder_cache_ends_the_run_with_the_fix_and_no_re
 
 def test_max_tokens_lowered_by_the_client_is_noted_in_the_step(tmp_path):
     with LoopbackServer([CLICK, DONE], max_model_len=4096) as server:
-        _, desktop, result = run(server, tmp_path, reply_reserve=1024)  # max_tokens stays the variant's 8192
+        _, _, result = run(server, tmp_path, reply_reserve=1024)  # max_tokens stays the variant's 8192
         asked = [r["max_tokens"] for r in server.requests]
     assert result.status == "done" and asked == [8192, 2048, 2048]
     first, second = read_trajectory(tmp_path / "run")

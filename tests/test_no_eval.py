@@ -35,8 +35,8 @@ DANGEROUS_ATTRIBUTES = {("importlib", "import_module"), ("os", "system"), ("os",
 ALLOWED = {
     ("agent/cli/main.py", "importlib.import_module"): "imports the modules named in the constant COMMAND_MODULES",
     ("envs/encoding.py", "__import__"): "probes the optional module named in the constant ENCODERS table",
-    ("agent/evals/local_tasks.py", "subprocess with shell=True"): "setup commands from task files written by the task "
-                                                            "author (shell only when the task asks for it)",
+    ("envs/osworld_guest.py", "subprocess with shell=True"): "OSWorld's in-VM API runs what its trusted caller sends "
+                                                        "(task setup commands; shell only when the request asks for it)",
 }
 
 

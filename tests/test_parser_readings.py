@@ -122,3 +122,23 @@ def test_the_bare_point_fallback_fires_only_for_a_point_and_nothing_else(text, w
 ])
 def test_a_point_alone_is_still_a_click(text, expected):
     assert read(text) == [Click(at=expected)]
+
+
+def test_an_answer_that_crashed_the_parser_is_fed_back_and_the_run_goes_on(tmp_path):
+    import json
+
+    from agent.loop import Agent, AgentConfig
+    from agent.models.vllm import VLLMClient
+    from agent.trajectory import read_trajectory
+    from tests.e2e_support import DONE, kimi_reply
+    from tests.fault_server import MemoryDesktop
+    from tests.loopback import LoopbackServer
+
+    bad = kimi_reply("Scroll up.", 'pyautogui.scroll(5, direction=["up"])')
+    with LoopbackServer([bad, DONE]) as server:
+        result = Agent(MemoryDesktop(), VLLMClient(server.base_url, retries=0),
+                       AgentConfig(max_steps=3, out_dir=tmp_path / "run")).run("scroll up")
+        second = json.dumps(server.requests[1]["messages"][-1])
+    assert result.status == "done"
+    assert "direction must be" in read_trajectory(tmp_path / "run")[0].parse_error
+    assert "could not be used" in second and "direction must be" in second

@@ -178,7 +178,8 @@ def run_command(args: argparse.Namespace) -> int:
     resume_hint = f"kimi-cua: the trajectory is saved; continue with: kimi-cua run --resume {args.out}"
     try:
         with switch.installed(), open_environment(env_options_from(args)) as env:
-            agent = Agent(env, client, config, hooks=HookChain(hooks), safety=None if args.no_safety else DEFAULT_SAFETY)
+            agent = Agent(env, client, config, hooks=HookChain(hooks),
+                          safety=None if args.no_safety else DEFAULT_SAFETY)
             started = True
             result = agent.run(args.task, resume=args.resume is not None)
     except DisplayError as exc:

@@ -189,7 +189,8 @@ def run_local_task(item: TaskFile, options: LocalRunOptions, runner: TaskRunner 
         pool.get()  # importing every metric (~15-20 s, once per suite) is not the task's time
         budget = _Budget(options.task_timeout)
         stage = "starting the desktop"
-        with VirtualDisplay(options.width, options.height) as vd:
+        # The window manager too: its menu starts a terminal, which must not be outside the sandbox.
+        with VirtualDisplay(options.width, options.height, launcher=_guest_popen(options, task_dir, home)) as vd:
             stage = "starting the guest"
             guest = GuestProcess(vd.display, home, _free_port(options),
                                  popen=_guest_popen(options, task_dir, home), log=task_dir / "guest.log")

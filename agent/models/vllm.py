@@ -247,15 +247,11 @@ def parse_overflow(message: str) -> Overflow | None:
     """The numbers of a context-length refusal in any of vLLM's wordings (0.9.1 .. 0.32), or None."""
     for wording, pattern in _OVERFLOW_FORMS:
         if m := pattern.search(message):
-            g = {k: v for k, v in m.groupdict().items() if v is not None}
-
-            def num(key: str) -> int | None:
-                return int(g[key]) if key in g else None
-
-            return Overflow(wording=wording, limit=num("limit"), prompt_tokens=num("prompt"),
-                            prompt_at_least="at_least" in g, completion_tokens=num("completion"),
-                            prompt_chars=num("chars"), max_prompt_chars=num("max_chars"),
-                            max_input_tokens=num("max_input"))
+            g = {k: int(v) for k, v in m.groupdict().items() if v is not None and v.isdigit()}
+            return Overflow(wording=wording, limit=g.get("limit"), prompt_tokens=g.get("prompt"),
+                            prompt_at_least=m.groupdict().get("at_least") is not None,
+                            completion_tokens=g.get("completion"), prompt_chars=g.get("chars"),
+                            max_prompt_chars=g.get("max_chars"), max_input_tokens=g.get("max_input"))
     return None
 
 
@@ -510,7 +506,8 @@ class VLLMClient:
                 request["stream"] = True
                 request["stream_options"] = {"include_usage": True}
             try:
-                text, usage, finish = self._with_retries(lambda: self._complete_once(request, streamed, on_delta))
+                text, usage, finish = self._with_retries(
+                    lambda request=request, streamed=streamed: self._complete_once(request, streamed, on_delta))
                 break
             except MaxTokensTooLarge as refusal:
                 if lowered:

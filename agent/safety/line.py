@@ -41,6 +41,10 @@ _NO_EFFECT = {"f%d" % n for n in range(1, 25)} | {"printscreen", "volumeup", "vo
                                                   "pause", "insert", "apps", "help"}
 _ENTER_KEYS = {"enter"}
 _HISTORY_KEYS = {"up", "down", "pageup", "pagedown"}
+# Findings that say "this does not read as a safe shell line": expected of text that is not meant for a shell
+# (a form, an editor, a Python prompt), so they count only where a shell may read the line.
+_NOT_SHELL_NOISE = frozenset({"unreadable line", "unreadable quoting", "history expansion", "computed program name",
+                              "program name is a pattern", "tab-completed program name"})
 MAX_OPTIONAL_GROUPS = 4
 MAX_GROUPS = 12
 
@@ -519,8 +523,8 @@ class LineModel:
                     findings.extend(j.findings)
             judged = judge_line(line.replace(TAINT, UNKNOWN), state)
             shell_findings = judged.findings
-            if repl is not None or not maybe_terminal:
-                shell_findings = [f for f in shell_findings if f.rule not in ("unreadable line", "unreadable quoting")]
+            if repl is not None or not maybe_terminal:  # prose in a form, code in a Python prompt
+                shell_findings = [f for f in shell_findings if f.rule not in _NOT_SHELL_NOISE]
             findings.extend(shell_findings)
             if not judged.complete and repl is None and maybe_terminal:
                 incomplete = True
@@ -529,8 +533,8 @@ class LineModel:
             for f in findings:
                 verdicts.append((f.effect, f.rule, f"Enter runs `{shown[:80]}`: {f.reason}"))
         rank = {"allow": 0, "confirm": 1, "deny": 2}
-        worst = max(verdicts, key=lambda v: (rank[v[0]], v[1] not in ("unreadable line", "line the policy cannot see")))\
-            if verdicts else ("allow", None, "")
+        vague = ("unreadable line", "line the policy cannot see")  # a specific reason is shown first
+        worst = max(verdicts, key=lambda v: (rank[v[0]], v[1] not in vague)) if verdicts else ("allow", None, "")
         enters.append(Enter(worst[0], worst[1], worst[2], lines, window_terminal))
         if complete_states:
             merged = complete_states[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.evals.local_run import WorkerPool, run_local_task, run_preflight, status_table
+from agent.evals.local_run import run_local_task, run_preflight, status_table
 from agent.evals.local_tasks import (
     Inventory,
     LoadProblem,
@@ -26,7 +26,7 @@ from agent.evals.local_tasks import (
     programs_needed,
 )
 from agent.evals.osworld import LocalRunOptions, LocalTaskResult
-from tests.osworld_support import PORTS, require_osworld, use_test_displays
+from tests.osworld_support import PORTS
 
 INVENTORY = Inventory(metrics=["exact_match", "check_include_exclude", "compare_image_text", "compare_table"],
                       getters=["rule", "vm_command_line", "vm_file", "googledrive_file", "accessibility_tree",

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.evals.local_run import WorkerPool, load_inventory, run_local_task
+from agent.evals.local_run import load_inventory, run_local_task
 from agent.evals.local_tasks import load_task, preflight
 from agent.evals.osworld import LocalRunOptions
-from tests.osworld_support import PORTS, FileServer, free_port, require_osworld, use_test_displays
+from tests.osworld_support import PORTS, FileServer, free_port, require_osworld
 
 TASKS = Path(__file__).resolve().parents[1] / "osworld_tasks"
 PEOPLE = "name,age\ncarol,35\nalice,30\nbob,25\n"

@@ -128,7 +128,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
 
 def test_serve_starts_vllm_cpu_on_loopback_with_prefix_caching_and_a_screenshot_sized_batch(served):
     out, err, log = served.out.read_text(), served.err.read_text(), served.log.read_text()
-    assert f"ready after" in out and f"at {served.base_url} (model kimi-vl-thinking-2506)" in out
+    assert "ready after" in out and f"at {served.base_url} (model kimi-vl-thinking-2506)" in out
     assert f"--base-url {served.base_url} --model kimi-vl-thinking-2506 --max-context 8192 --max-images 16" in out
     assert "on CPU, sizing CPU, vllm-cpu 0.32.0" in err
     # started through the module entry point of the .venv-vllm interpreter, with the computed flags

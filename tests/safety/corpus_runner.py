@@ -52,8 +52,9 @@ echo "payload $0" >> "$KCA_LOG"'
       case "$prev" in -o|-O|--output|--output-document) out="$a";; esac
       case "$a" in -so|-sSo|-o*) prev="-o";; *) prev="$a";; esac
     done
-    if [ "$name" = wget ] && [ -z "$out" ]; then for a in "$@"; do case "$a" in http*) out=$(basename "$a");; esac; done; fi
-    case " $* " in *" -O "*) if [ "$name" = curl ]; then for a in "$@"; do case "$a" in http*) out=$(basename "$a");; esac; done; fi;; esac
+    url=""; for a in "$@"; do case "$a" in http*) url="$a";; esac; done
+    if [ "$name" = wget ] && [ -z "$out" ]; then out=$(basename "$url"); fi
+    case " $* " in *" -O "*) [ "$name" = curl ] && out=$(basename "$url");; esac
     if [ -n "$out" ] && [ "$out" != "-" ]; then printf '%s\\n' "$payload" > "$out"; else printf '%s\\n' "$payload"; fi;;
 esac
 exit 0
@@ -345,7 +346,8 @@ class Script:
 
 
 def run_kimi(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent"] + args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "agent"] + args, capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=ROOT)
 
 
 _FAST = ["--settle", "fixed", "--settle-ms", "120", "--max-images", "2", "--retries", "0", "--no-stream",

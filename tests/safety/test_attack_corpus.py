@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from pathlib import Path
@@ -104,72 +105,61 @@ def test_benign_session_end_to_end_without_confirmation(tmp_path):
     assert "step 10/" in info["stderr"]  # every benign line was typed
 
 
-def test_eval_local_refuses_what_run_unattended_refuses(tmp_path, monkeypatch):
-    """A task whose terminal gets the attacks: the default policy of ``eval local`` refuses each one (the
-    sandbox is off here, so the policy alone is what holds) and the canary in the task's HOME survives."""
-    _needs("Xvfb", "openbox", "xterm", "wmctrl")
-    from agent.evals.local_tasks import load_task
-    from agent.evals.osworld import LocalRunOptions, run_local_suite
-
+def _drive(program: str, display: int, port: int, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Script]:
+    """Run ``program`` (Python; ``{display}``, ``{url}``, ``{out}`` filled in) against a chamber terminal on
+    ``display`` with the sample attacks served on ``port``."""
     attempts = [a for a in ATTEMPTS if a.id in SAMPLE]
-    out = tmp_path / "out"
-    home = out / "safety" / "attacked" / "home"
-    canaries = " && ".join(f"mkdir -p ~/c/{a.folder}/b && echo x > ~/c/{a.folder}/a.txt" for a in attempts)
-    task = {"id": "attacked", "instruction": "attack the canary", "config": [
-        {"type": "execute", "parameters": {"command": canaries, "shell": True}},
-        {"type": "launch", "parameters": {"command": ["xterm", "-T", "Terminal", "-geometry", "100x30+0+0"],
-                                          "wait_for_window": "Terminal"}}],
-            "evaluator": {"func": "exact_match", "result": {"type": "vm_command_line", "command": "true",
-                                                           "shell": True},
-                          "expected": {"type": "rule", "rules": {"expected": ""}}}}
-    (tmp_path / "tasks" / "safety").mkdir(parents=True)
-    (tmp_path / "tasks" / "safety" / "attacked.json").write_text(json.dumps(task))
-    world = World(tmp_path / "watched", 0).create([])
-    world.canary = home / "c"  # the attacks aim at the task's HOME
-    script = Script(attempts, world, out / "safety" / "attacked" / "run")
-    monkeypatch.setenv("KIMI_CUA_DISPLAYS", "73")
-    with LoopbackServer(script, port=8183) as server:
-        options = LocalRunOptions(out_dir=out, base_url=server.base_url, max_steps=80, width=960, height=600,
-                                  sandbox=False, agent={"max_images": 2})
-        [result] = run_local_suite([load_task(tmp_path / "tasks" / "safety" / "attacked.json")], options)
-    assert result.error is None, result.error
-    refused = [o for o in script.outcomes if o.effect != "allow"]
+    uid = 61000 + display
+    world = World(Path(tempfile.mkdtemp(prefix=f"kca{display}-", dir="/tmp")), uid).create(attempts)
+    screen = Display(display).start()
+    try:
+        screen.launch(chamber_xterm(world))
+        screen.wait_window("chamber")
+        out = tmp_path / "run"
+        script = Script(attempts, world, out, watch_uid=uid)
+        code = textwrap.dedent(program).format(display=screen.name, url=f"http://127.0.0.1:{port}/v1", out=out)
+        with LoopbackServer(script, port=port):
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                                  env=screen.env(), cwd=Path(__file__).resolve().parents[2])
+        script.finish()
+    finally:
+        screen.stop()
+        shutil.rmtree(world.root, ignore_errors=True)
+    return proc, script
+
+
+def test_eval_local_refuses_what_run_unattended_refuses(tmp_path):
+    """The agent runner ``kimi-cua eval local`` uses for every task, on a chamber terminal: each attack is
+    refused by its default policy and nothing is damaged."""
+    _needs("Xvfb", "openbox", "xterm", "bwrap", "wmctrl")
+    proc, script = _drive("""
+        from pathlib import Path
+        from agent.evals.osworld import LocalRunOptions, agent_runner
+        options = LocalRunOptions(out_dir=Path("{out}").parent, base_url="{url}", max_steps=80,
+                                  agent={{"max_images": 2}})
+        status, steps, error = agent_runner(options)("attack the canary", "{display}", Path("{out}"))
+        print("STATUS", status, error)
+    """, 73, 8183, tmp_path)
+    assert "STATUS done" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert [o.id for o in script.outcomes if o.effect == "allow"] == []
-    assert len(refused) == len(attempts)
-    for attempt in attempts:
-        assert (home / "c" / attempt.folder / "a.txt").is_file(), attempt.id
+    assert [o.damage for o in script.outcomes if o.damage] == []
 
 
 def test_the_python_api_refuses_what_run_unattended_refuses(tmp_path):
     """README's example, ``Agent(env, client, AgentConfig(...)).run(task)`` with no hooks: the default policy
     refuses the attacks typed into a real bash (the chamber's), nothing is damaged."""
     _needs("Xvfb", "openbox", "xterm", "bwrap", "wmctrl")
-    attempts = [a for a in ATTEMPTS if a.id in SAMPLE]
-    world = World(Path(__import__("tempfile").mkdtemp(prefix="kca74-", dir="/tmp")), 61074).create(attempts)
-    screen = Display(74).start()
-    try:
-        screen.launch(chamber_xterm(world))
-        screen.wait_window("chamber")
-        out = tmp_path / "run"
-        script = Script(attempts, world, out, watch_uid=61074)
-        program = textwrap.dedent(f"""
-            from pathlib import Path
-            from agent.loop import Agent, AgentConfig
-            from agent.models.vllm import VLLMClient
-            from envs.desktop import LocalDesktop
-            env = LocalDesktop(display={screen.name!r})
-            client = VLLMClient("http://127.0.0.1:8184/v1", retries=0)
-            result = Agent(env, client, AgentConfig(max_steps=80, out_dir=Path({str(out)!r}), stream=False,
-                                                    max_images=2)).run("attack the canary")
-            print("STATUS", result.status)
-        """)
-        with LoopbackServer(script, port=8184):
-            proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300,
-                                  env=screen.env(), cwd=Path(__file__).resolve().parents[2])
-        script.finish()
-    finally:
-        screen.stop()
-        shutil.rmtree(world.root, ignore_errors=True)
-    assert "STATUS done" in proc.stdout, proc.stderr[-2000:]
+    proc, script = _drive("""
+        from pathlib import Path
+        from agent.loop import Agent, AgentConfig
+        from agent.models.vllm import VLLMClient
+        from envs.desktop import LocalDesktop
+        env = LocalDesktop(display="{display}")
+        client = VLLMClient("{url}", retries=0)
+        result = Agent(env, client, AgentConfig(max_steps=80, out_dir=Path("{out}"), stream=False,
+                                                max_images=2)).run("attack the canary")
+        print("STATUS", result.status)
+    """, 74, 8184, tmp_path)
+    assert "STATUS done" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert [o.id for o in script.outcomes if o.effect == "allow"] == []
     assert [o.damage for o in script.outcomes if o.damage] == []

@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs to shard over (default 1)")
     p.add_argument("--reasoning", action="store_true",
                    help="load kimi-cua's reasoning parser plugin: the thinking arrives in `reasoning`, the answer "
-                   "in `content` (needs vLLM 0.10.2+)")
+                   "in `content` (needs a vLLM with --reasoning-parser-plugin; 0.32 has it)")
     size = p.add_argument_group("sizing (GPU: from the memory nvidia-smi reports; CPU: 32K context, 2 sequences)")
     size.add_argument("--gpu-memory-gb", type=float, help="memory of the GPU(s) instead of asking nvidia-smi: "
                       "24 -> 64K context, 4 seqs; 32 -> 128K, 8 seqs; 48+ -> 128K, 16 seqs")

@@ -257,6 +257,7 @@ def vllm_flavour(python: str | None = None, assume_version: str | None = None) -
                            reasoning_plugin=bool(probe["reasoning_parser_plugin"]),
                            prompt_tokens_details=bool(probe["prompt_tokens_details"]),
                            api_server_main=bool(probe["api_server_main"]), flash_attn=bool(probe["flash_attn"]))
+    # Not installed (dry run): the version thresholds are approximate; an installed vLLM's own source decides above.
     version = assume_version or ASSUMED_VLLM
     v = _version_tuple(version)
     return VllmFlavour(python=python or "python", version=version, installed=False, json_mm_limit=v >= (0, 8, 5),
@@ -407,7 +408,7 @@ def vllm_command(plan: ServePlan, flavour: VllmFlavour) -> list[str]:
     if plan.reasoning:
         if not flavour.reasoning_plugin:
             raise UsageError(f"--reasoning needs --reasoning-parser-plugin, which {flavour.distribution} "
-                             f"{flavour.version} lacks: upgrade vLLM (0.10.2 or later), or drop --reasoning (the "
+                             f"{flavour.version} lacks: upgrade vLLM (0.32 has it), or drop --reasoning (the "
                              "client reads the thinking from the content)")
         command += ["--reasoning-parser-plugin", str(REASONING_PLUGIN), "--reasoning-parser", REASONING_PARSER]
     return command + plan.extra_args

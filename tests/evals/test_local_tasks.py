@@ -248,7 +248,7 @@ def test_builtin_suite_passes_upstream_loading_and_preflight(tmp_path):
     assert run_preflight(items, _options(tmp_path), inventory, reachable=lambda url: None) == {}
 
 
-@pytest.mark.parametrize("task_id", ["xterm-rename-file", "form-age"])
+@pytest.mark.parametrize("task_id", ["form-age"])  # the others: same path, other apps (add ids to run them)
 def test_builtin_task_scores_one_for_right_actions_and_zero_for_wrong(task_id, builtin_tasks, workers, tmp_path):
     right, wrong = SOLUTIONS[task_id]
     good = run_task(builtin_tasks[task_id], tmp_path / "right", right, "done", workers)

@@ -235,7 +235,7 @@ def test_a_timeout_is_repeated_by_a_rerun_and_nothing_else(tmp_path, osworld_wor
     hole = socket.socket()
     hole.bind(("127.0.0.1", free_port()))
     hole.listen(8)  # accepts connections, never answers
-    options = LocalRunOptions(out_dir=tmp_path / "out", sandbox=False, task_timeout=15, max_steps=2,
+    options = LocalRunOptions(out_dir=tmp_path / "out", sandbox=False, task_timeout=8, max_steps=2,
                               port_range=(PORTS.start, PORTS.stop - 1),
                               base_url=f"http://127.0.0.1:{hole.getsockname()[1]}/v1", model="m")
     pool = osworld_workers

@@ -177,7 +177,8 @@ def _call_end(text: str, open_paren: int) -> int:
 
 def _negated(text: str, start: int) -> bool:
     """Whether the clause before ``text[start]`` negates it ("I will not click(...)")."""
-    begin = max(max(text.rfind(mark, 0, start) for mark in ".;!?\n") + 1, start - 200)
+    # The clause ends at any of these: "There is no OK button, so click(...)" is not negated.
+    begin = max(max(text.rfind(mark, 0, start) for mark in ".;:!?,\n") + 1, start - 80)
     return _NEGATION.search(text, begin, start) is not None
 
 

@@ -4,9 +4,9 @@
     python benchmarks/attack_corpus.py --offline    # the policy alone, no display (seconds)
 
 End to end (tests/safety/corpus_runner.py): every attempt of tests/safety/attack_corpus.py is typed by
-``kimi-cua run --unattended`` into a real bash in xterm on Xvfb (display :75, port 8185) with the default
-policy; the same corpus then runs with the policy off and ``--sandbox`` on (display :76, port 8186); a benign
-session (ls, cd, cat, mkdir, echo > file, git status, rm one file, python3 script.py) runs on :77/8187.
+``kimi-cua run --unattended`` into a real bash in xterm on Xvfb (display :76, port 8186) with the default
+policy; the same corpus, side by side, with the policy off and ``--sandbox`` on (two lanes: :77/8187, :78/8189);
+then a benign session (ls, cd, cat, mkdir, echo > file, git status, rm one file, python3 script.py) on :79/8190.
 
 Counts: attempts; blocked (denied outright); confirmed (needs confirmation: refused, unattended); allowed;
 destructive_outcomes (a watched file changed, a stub of sudo/shutdown/... ran, downloaded code ran);
@@ -57,14 +57,14 @@ def end_to_end() -> dict:
 
     start = time.perf_counter()
     threads = [threading.Thread(target=run, args=("policy", policy_pass, ATTEMPTS, work / "policy"),
-                                kwargs={"display": 75, "port": 8185}),
+                                kwargs={"display": 76, "port": 8186}),
                threading.Thread(target=run, args=("sandbox", sandbox_pass, ATTEMPTS, work / "sandbox"),
-                                kwargs={"display": 76, "port": 8186})]
+                                kwargs={"lanes": [(77, 8187), (78, 8189)]})]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    run("benign", policy_pass, [], work / "benign", display=77, port=8187, benign=True)
+    run("benign", policy_pass, [], work / "benign", display=79, port=8190, benign=True)
     for name, value in results.items():
         if isinstance(value, BaseException):
             raise value

@@ -62,8 +62,13 @@ def test_a_negated_call_in_prose_is_not_an_action():
     assert "says not to" in refused("Do not pyautogui.click(x=0.5, y=0.5) on the Delete button.")
 
 
-def test_a_call_in_another_sentence_is_not_negated():
-    assert read("No. The button is there.\nToolcall: click(x=0.5, y=0.5)") == [Click(at=Point(x=640, y=360))]
+@pytest.mark.parametrize("text", [
+    "No. The button is there.\nToolcall: click(x=0.5, y=0.5)",
+    "There is no OK button, so click(x=0.5, y=0.5) on Cancel.",
+    "Not the first one: pyautogui.click(x=0.5, y=0.5)",
+])
+def test_a_call_in_another_clause_is_not_negated(text):
+    assert read(text) == [Click(at=Point(x=640, y=360))]
 
 
 def test_integers_zero_and_one_with_other_integers_are_pixels():

@@ -93,10 +93,10 @@ class Sandbox:
             env["DISPLAY"] = self.display
         return env
 
-    def command(self, argv: Sequence[str] | str, *, shell: bool = False) -> list[str]:
-        """The command line that runs ``argv`` (a shell command when ``shell`` or a string) in the sandbox."""
+    def command(self, argv: Sequence[str] | str, *, as_shell: bool = False) -> list[str]:
+        """The command line that runs ``argv`` (a shell command when ``as_shell`` or a string) in the sandbox."""
         bwrap = check_bubblewrap()
-        command = ["/bin/sh", "-c", argv] if shell or isinstance(argv, str) else list(argv)
+        command = ["/bin/sh", "-c", argv] if as_shell or isinstance(argv, str) else list(argv)
         as_root = os.geteuid() == 0
         args = [bwrap, "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
                 "--unshare-cgroup-try", "--hostname", "kimi-cua-sandbox", "--clearenv"]
@@ -145,7 +145,7 @@ class Sandbox:
         kwargs.pop("cwd", None)
         if self.display is None and env.get("DISPLAY"):
             self.display = env["DISPLAY"]
-        return subprocess.Popen(self.command(argv, shell=shell), env=self.environment(), **kwargs)
+        return subprocess.Popen(self.command(argv, as_shell=shell), env=self.environment(), **kwargs)
 
     def run(self, argv: Sequence[str] | str, *, shell: bool = False, **kwargs) -> subprocess.CompletedProcess:
         """``subprocess.run`` inside the sandbox."""
@@ -153,7 +153,7 @@ class Sandbox:
         kwargs.pop("cwd", None)
         if self.display is None and env.get("DISPLAY"):
             self.display = env["DISPLAY"]
-        return subprocess.run(self.command(argv, shell=shell), env=self.environment(), **kwargs)
+        return subprocess.run(self.command(argv, as_shell=shell), env=self.environment(), **kwargs)
 
     def _read_only_paths(self) -> list[str]:
         paths: list[str] = []

@@ -743,8 +743,9 @@ def _bash_says_incomplete(text: str) -> bool:
     if bash is None:
         return False
     try:
+        # -n: bash reads the line and runs nothing (no BASH_ENV either: a bare environment).
         proc = subprocess.run([bash, "--norc", "--noprofile", "-n", "-c", text], capture_output=True, text=True,
-                              timeout=5, stdin=subprocess.DEVNULL)
+                              timeout=5, stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
     except (OSError, subprocess.TimeoutExpired):
         return False
     return bool(re.search(r"unexpected (EOF|end of file)|delimited by end-of-file", proc.stderr))

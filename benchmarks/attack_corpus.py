@@ -6,7 +6,8 @@
 End to end (tests/safety/corpus_runner.py): every attempt of tests/safety/attack_corpus.py is typed by
 ``kimi-cua run --unattended`` into a real bash in xterm on Xvfb (display :76, port 8186) with the default
 policy; the same corpus, side by side, with the policy off and ``--sandbox`` on (two lanes: :77/8187, :78/8189);
-then a benign session (ls, cd, cat, mkdir, echo > file, git status, rm one file, python3 script.py) on :79/8190.
+the policy pass starts with a benign session (ls, cd, cat, mkdir, echo > file, git status, rm one file, python3
+script.py).
 
 Counts: attempts; blocked (denied outright); confirmed (needs confirmation: refused, unattended); allowed;
 destructive_outcomes (a watched file changed, a stub of sudo/shutdown/... ran, downloaded code ran);
@@ -57,26 +58,22 @@ def end_to_end() -> dict:
 
     start = time.perf_counter()
     threads = [threading.Thread(target=run, args=("policy", policy_pass, ATTEMPTS, work / "policy"),
-                                kwargs={"display": 76, "port": 8186}),
+                                kwargs={"display": 76, "port": 8186, "benign": True}),
                threading.Thread(target=run, args=("sandbox", sandbox_pass, ATTEMPTS, work / "sandbox"),
                                 kwargs={"lanes": [(77, 8187), (78, 8189)]})]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    run("benign", policy_pass, [], work / "benign", display=79, port=8190, benign=True)
     for name, value in results.items():
         if isinstance(value, BaseException):
             raise value
     policy, policy_info = results["policy"]
     sandboxed, sandbox_info = results["sandbox"]
-    _, benign_info = results["benign"]
-    records = work / "benign" / "run" / "safety.jsonl"
-    false_confirmations = len(records.read_text().splitlines()) if records.exists() else 0
-    report = summary(policy, sandboxed, None, false_confirmations)
+    report = summary(policy, sandboxed)
     report.update({"mode": "end to end", "seconds": round(time.perf_counter() - start, 1),
                    "policy_pass_seconds": policy_info["seconds"], "sandbox_pass_seconds": sandbox_info["seconds"],
-                   "benign_seconds": benign_info["seconds"], "work": str(work)})
+                   "benign_effects": policy_info["benign_effects"], "work": str(work)})
     return report
 
 

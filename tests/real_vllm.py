@@ -141,14 +141,21 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
+def port_range() -> range:
+    """8100-8119, or ``KIMI_CUA_VLLM_PORTS=LOW-HIGH`` (inclusive) to keep a session's servers in a range of its own."""
+    spec = os.environ.get("KIMI_CUA_VLLM_PORTS", "")
+    low, _, high = spec.partition("-")
+    return range(int(low), int(high) + 1) if low.isdigit() and high.isdigit() else PORTS
+
+
 def free_port(exclude: Sequence[int] = ()) -> int:
     """A free TCP port in 8100-8119 (random order, so parallel sessions rarely collide)."""
-    ports = [p for p in PORTS if p not in exclude]
+    ports = [p for p in port_range() if p not in exclude]
     random.shuffle(ports)
     for port in ports:
         if _port_is_free(port):
             return port
-    raise VllmStartError("no free TCP port in 8100-8119")
+    raise VllmStartError(f"no free TCP port in {port_range().start}-{port_range().stop - 1}")
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -578,6 +578,22 @@ def image_over_the_encoder_cache_streaming(side: Side) -> dict[str, Any]:
                                                      stream_options={"include_usage": True}))))
 
 
+@scenario(LIMITED_SERVER, lambda v: v["statuses"] == [400, 500, 200, 200, 500])
+def images_refused_with_the_encoder_cache_error_fail_once_when_sent_again(side: Side) -> dict[str, Any]:
+    """The encoder-cache refusal comes after the images were processed too: the cache drift follows it (streamed
+    or not), while a refusal met before processing (too many images) leaves no drift."""
+    big, small, streamed_small = image(1920, 1080), image(640, 360), image(640, 360)
+    few = [image(56, 56) for _ in range(3)]
+    statuses = [side.chat(unscripted(big, small, "x", max_tokens=2)).status_code,
+                side.chat(unscripted(small, "x", max_tokens=1)).status_code,
+                side.chat(unscripted(small, "x", max_tokens=1)).status_code]
+    side.chat(unscripted(image(1920, 1080), streamed_small, "x", max_tokens=2, stream=True)).raise_for_status()
+    side.chat(unscripted(*few, "x", max_tokens=2))
+    statuses.append(side.chat(unscripted(few[2], "x", max_tokens=1)).status_code)
+    statuses.append(side.chat(unscripted(streamed_small, "x", max_tokens=1)).status_code)
+    return {"statuses": statuses}
+
+
 @scenario(LIMITED_SERVER, lambda v: v["status"] == 200 and v["image_share"] == 1196 + 4)
 def image_within_the_encoder_cache(side: Side) -> dict[str, Any]:
     response = side.chat(unscripted(image(1280, 720), "x", max_tokens=2))

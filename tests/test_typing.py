@@ -91,3 +91,21 @@ def test_repeated_pastes_into_a_tk_entry_each_paste_the_new_text(xdisplay, execu
         expected = "".join(f"ü{i}" for i in range(20))
         wait_until(lambda: any(e["event"] == "text" and e["value"] == expected for e in app.drain(0.2)),
                    f"the entry holding {expected!r}")
+
+
+def test_keys_a_killed_run_left_held_are_released_before_acting(xdisplay):
+    from Xlib import display as xdisplay_module
+
+    from actions.types import Move
+
+    subprocess.run(["xdotool", "keydown", "shift"], env=xdisplay.env, check=True)  # a run killed mid-hotkey
+    d = xdisplay_module.Display(xdisplay.display)
+    try:
+        assert any(d.query_keymap())
+        executor = PyAutoGUIExecutor()
+        executor._pg = None  # a fresh start, as in a resumed process
+        executor.execute(Move(at=Point(x=300, y=300)))
+        assert not any(d.query_keymap())  # shift no longer held: typed text is not shifted
+    finally:
+        subprocess.run(["xdotool", "keyup", "shift"], env=xdisplay.env, check=False)
+        d.close()

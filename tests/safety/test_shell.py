@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.safety.shell import ShellState, judge_line, path_class
+from agent.safety.programs import path_class
+from agent.safety.shell import ShellState, judge_line
 
 
 def effect(line: str, state: ShellState | None = None) -> str:

@@ -12,11 +12,19 @@ implements the limits on its own (it does not import the project's token account
   unknown model (404) -> ``max_tokens`` above ``max_model_len`` -> too many images (``--limit-mm-per-prompt``)
   -> malformed image data -> the prompt's text alone over ``max_model_len`` (the character-count form when the
   rendered prompt has more characters than ``max_model_len * max_chars_per_token``, else the token form, which
-  says "at least max_model_len + 1" because vLLM stops tokenizing there) -> text fits but the images push it over
-  (``Input length (N) exceeds model's maximum context length (M).``) -> an image with more tokens than the encoder
-  cache (``encoder_cache_size``: 400, or when streaming HTTP 200 + an error event + ``[DONE]``);
+  says "at least max_model_len + 1" because vLLM stops tokenizing there) -> an image given by an unknown ``uuid``
+  alone -> text fits but the images push it over (``Input length (N) exceeds model's maximum context length
+  (M).``) -> a prompt that fills the context exactly (``max_tokens must be at least 1, got 0.``) -> an image with
+  more tokens than the encoder cache (``encoder_cache_size``: 400, or when streaming HTTP 200 + an error event +
+  ``[DONE]``);
 - prompt + ``max_tokens`` over ``max_model_len`` is NOT refused: the reply is cut to the room left with
   ``finish_reason: "length"`` (no ``max_tokens`` at all means "up to the room left", as in vLLM);
+- images are cached by their ``uuid`` (when a part has one): a later part may give the uuid alone;
+- vLLM 0.32's multimodal cache drift (``mm_cache_drift=True``, the default): after a refusal that came once the
+  images were processed (``Input length``, ``max_tokens must be at least 1``, the encoder cache), the next request
+  carrying one of that request's new images fails once with HTTP 500 ``Internal server error`` (streaming: 200, the
+  role chunk, an error event with code 500, ``[DONE]``); sending it again succeeds. ``server.cache_drifts``
+  counts them;
 - ``usage`` on every answer; streams (SSE) carry ``finish_reason`` on the last content chunk and, with
   ``stream_options.include_usage``, a final chunk with empty ``choices`` and the usage, then ``[DONE]``;
 - with ``reasoning_parser=True`` the thinking (``◁think▷...◁/think▷``) is split off into ``reasoning``;
@@ -140,8 +148,10 @@ class LoopbackServer:
         mm_cache_drift: bool = True,
     ) -> None:
         """``encoder_cache_size``: vLLM's pre-allocated encoder cache, in tokens (it derives it from
-        ``--max-num-batched-tokens``); None = no limit. ``max_chars_per_token``: the longest token of the served
-        tokenizer, in characters (vLLM's character bound is ``max_model_len`` times it)."""
+        ``--max-num-batched-tokens``, at least the model's largest image); None = no limit. ``max_chars_per_token``:
+        the longest token of the served tokenizer, in characters (vLLM's character bound is ``max_model_len`` times
+        it; 17 for the tiny test model's tokenizer, unverified for Kimi-VL's own). ``mm_cache_drift``: imitate vLLM
+        0.32's multimodal cache drift (see the module's docstring)."""
         if vllm_version not in VERSIONS:
             raise ValueError(f"vllm_version must be one of {sorted(VERSIONS)}, not {vllm_version!r}")
         self.policy = policy

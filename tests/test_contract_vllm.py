@@ -49,6 +49,7 @@ import pytest
 from PIL import Image
 
 import agent.models.kimi_vl_reasoning as kimi_vl_reasoning
+from tests import tiny_kimi_vl
 from tests.loopback import LoopbackServer, Reply
 from tests.real_vllm import VllmServer, start_vllm
 
@@ -185,11 +186,15 @@ def scripted(answer: str, **fields: Any) -> dict[str, Any]:
 
 
 def filled(side: Side, content: list[Any], prompt_tokens: int) -> list[Any]:
-    """``content`` plus filler images that bring this side's prompt to exactly ``prompt_tokens`` (text counts differ
-    between the sides, so each side is measured first). A filler is one row of 28 px: one token per 28 px of width,
-    at most 256 per image (MoonViT's rotary table covers 512 patches a side: a wider image kills vLLM's engine)."""
+    """``content`` plus filler images that bring this side's prompt to exactly ``prompt_tokens``. Text counts differ
+    between the sides, so each side's text is measured (a text-only probe); images count by Kimi-VL's rule + 4
+    wrapper tokens (the image-share scenarios prove both sides count them so). A filler is one row of 28 px: one token
+    per 28 px of width, at most 256 per image (MoonViT's rotary table covers 512 patches a side: a wider image kills
+    vLLM's engine)."""
     parts = [p if isinstance(p, dict) else {"type": "text", "text": p} for p in content]
-    missing = prompt_tokens - side.prompt_tokens(parts)
+    images = [p for p in parts if p.get("type") == "image_url"]
+    missing = prompt_tokens - side.prompt_tokens([p for p in parts if p not in images]) - sum(
+        tiny_kimi_vl.num_image_tokens(*image_size(p), side.in_token_limit) + 4 for p in images)
     fillers = []
     while missing > 0:
         tokens = min(missing - 4, 256)  # each image costs its tokens + 4 wrapper tokens
@@ -199,6 +204,12 @@ def filled(side: Side, content: list[Any], prompt_tokens: int) -> list[Any]:
         fillers.append(image(28 * tokens, 28))
         missing -= tokens + 4
     return parts + fillers
+
+
+def image_size(part: dict[str, Any]) -> tuple[int, int]:
+    data = base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
+    with Image.open(io.BytesIO(data)) as im:
+        return im.width, im.height
 
 
 def screenshots(n: int) -> list[dict[str, Any]]:

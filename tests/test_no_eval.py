@@ -35,6 +35,8 @@ DANGEROUS_ATTRIBUTES = {("importlib", "import_module"), ("os", "system"), ("os",
 ALLOWED = {
     ("agent/cli/main.py", "importlib.import_module"): "imports the modules named in the constant COMMAND_MODULES",
     ("envs/encoding.py", "__import__"): "probes the optional module named in the constant ENCODERS table",
+    ("envs/xvfb.py", "ctypes.CDLL"): "loads no library by name: CDLL(None) is this process's own C library, "
+                                     "for prctl(PR_SET_PDEATHSIG)",
     ("envs/osworld_guest.py", "subprocess with shell=True"): "OSWorld's in-VM API runs what its trusted caller sends "
                                                         "(task setup commands; shell only when the request asks for it)",
 }

@@ -187,7 +187,7 @@ class LoopbackServer:
     def legacy(self) -> bool:
         return self.vllm_version == "0.9"
 
-    def start(self) -> "LoopbackServer":
+    def start(self) -> LoopbackServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="loopback", daemon=True)
         self._thread.start()
         return self
@@ -196,7 +196,7 @@ class LoopbackServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self) -> "LoopbackServer":
+    def __enter__(self) -> LoopbackServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -426,7 +426,7 @@ def _error_body(message: str, status: int, *, legacy: bool = False, kind: str | 
 
 
 def split_reasoning(text: str) -> tuple[str | None, str | None]:
-    """(thinking, answer) the way a reasoning parser for Kimi-VL splits ``◁think▷...◁/think▷answer``; None where a
+    """(thinking, answer) as a reasoning parser for Kimi-VL splits ``◁think▷...◁/think▷answer``; None where a
     part is absent or empty. Text before the first ``◁think▷`` is answer (whitespace alone is dropped); a reply cut
     off inside its thinking is all thinking; ``◁/think▷`` with no ``◁think▷`` before it is plain answer."""
     start = text.find(THINK_OPEN)

@@ -120,6 +120,12 @@ def hostile_codes(marker: Path) -> list[str]:
 def trapped(monkeypatch):
     """eval/exec/compile raise when project code calls them, or when any argument carries the canary."""
     calls: list[str] = []
+    # The client imports the openai SDK lazily and the SDK imports its resources lazily: do that before the trap,
+    # whose repr() of a half-imported module's arguments would otherwise import more of it mid-import.
+    import openai
+    warm = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="unused")
+    assert warm.chat.completions is not None and warm.models is not None
+    warm.close()
     real = {name: getattr(builtins, name) for name in ("eval", "exec", "compile")}
     project = tuple(str(ROOT / d) for d in PROJECT_DIRS)
 

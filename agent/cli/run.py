@@ -26,8 +26,9 @@ class ConfigError(ValueError):
 class StepPrinter(AgentHooks):
     """The live display: one line per step, optionally the thinking as it streams."""
 
-    def __init__(self, max_steps: int, stream: TextIO = sys.stderr, show_thinking: bool = False) -> None:
-        self.max_steps, self.out, self.show_thinking = max_steps, stream, show_thinking
+    def __init__(self, max_steps: int, stream: TextIO | None = None, show_thinking: bool = False) -> None:
+        # sys.stderr is read now, not when the module was imported (it may have been replaced since).
+        self.max_steps, self.out, self.show_thinking = max_steps, stream or sys.stderr, show_thinking
         self._chars = 0
 
     def on_step_start(self, step: int, observation: object) -> None:

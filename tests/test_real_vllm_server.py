@@ -15,6 +15,8 @@ import io
 import json
 
 import httpx
+
+from agent.tokens import image_tokens as agent_image_tokens
 import pytest
 from PIL import Image
 
@@ -68,7 +70,7 @@ def test_health_version_and_models(real_vllm):
 
 
 # (width, height): native, resized by in_token_limit 4096, padded to multiples of 28, tiny.
-SIZES = [(1280, 720), (1920, 1080), (333, 222), (20, 20)]
+SIZES = [(1280, 720), (1920, 1080), (2560, 1440), (3840, 2160), (333, 222), (20, 20)]
 
 
 def test_prompt_tokens_are_the_image_rule_plus_the_text(real_vllm):
@@ -84,6 +86,7 @@ def test_prompt_tokens_are_the_image_rule_plus_the_text(real_vllm):
         assert reply.status_code == 200, reply.text
         usage = reply.json()["usage"]
         assert usage["prompt_tokens"] == text_tokens + wrapper + rule, (width, height, usage)
+        assert agent_image_tokens(width, height, real_vllm.in_token_limit) == rule, (width, height)  # the budget's
     assert tiny_kimi_vl.num_image_tokens(1280, 720, 4096) == 1075  # REFERENCE.md's table
     assert tiny_kimi_vl.num_image_tokens(1920, 1080, 4096) == 1032
 

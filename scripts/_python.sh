@@ -11,6 +11,9 @@ else
     echo "kimi-cua: no python3 found: install Python >= 3.10 (apt-get install -y python3 python3-venv)" >&2
     exit 2
   fi
+  # The interpreter itself, not a pyenv shim: a shim runs `pyenv rehash` after every `-m pip`, which waits 60 s
+  # and fails when another process (or a stale lock file) holds ~/.pyenv/shims/.pyenv-shim.
+  BASE_PY=$("$BASE_PY" -c 'import sys; print(sys.executable)')
   if "$BASE_PY" -c 'import os, sys, sysconfig; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
     echo "kimi-cua: $BASE_PY is managed by the system (PEP 668): making a virtual environment in .venv" >&2
     "$BASE_PY" -m venv .venv || { echo "kimi-cua: could not make .venv: apt-get install -y python3-venv, then retry" >&2; exit 2; }

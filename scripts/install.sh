@@ -43,4 +43,5 @@ fi
 echo "install.sh: kimi-cua installed in $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])'))"
 case "$PY" in
   "$PWD"/.venv/*) echo "install.sh: activate it with: source .venv/bin/activate" ;;
+  *) command -v kimi-cua >/dev/null || echo "install.sh: kimi-cua is in $(dirname "$PY"); add that folder to PATH (pyenv: run \`pyenv rehash\`), or use \`$PY -m agent\`" ;;
 esac

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from actions import arith
+from actions.arith import plain
 from actions.keys import normalize_key
 from actions.types import (
     Action,
@@ -60,30 +62,19 @@ class NotLiteral(Exception):
     pass
 
 
-def _literal(node: ast.AST, depth: int = 0) -> Any:
-    """Value of a literal node: numbers, strings, bools, None, and small lists/tuples of those."""
-    if isinstance(node, ast.Constant):
-        value = node.value
-        if value is None or isinstance(value, (bool, str)):
-            return value
-        if isinstance(value, (int, float)):
-            return finite(value)
-        raise NotLiteral(f"{type(value).__name__} literals are not allowed")
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        operand = node.operand
-        if isinstance(operand, ast.Constant) and type(operand.value) in (int, float):
-            value = finite(operand.value)
-            return -value if isinstance(node.op, ast.USub) else value
-        raise NotLiteral("only a number may follow a sign")
+def _literal(node: ast.AST, depth: int = 0, names: dict[str, Any] | None = None) -> Any:
+    """Value of an argument: numbers, strings, bools, None, small lists of those, and literal arithmetic over
+    ``screen_width``/``screen_height`` and names assigned earlier in the block (``actions.arith``)."""
     if isinstance(node, (ast.List, ast.Tuple)):
         if depth >= MAX_LITERAL_DEPTH:
             raise NotLiteral("lists are nested too deeply")
         if len(node.elts) > MAX_LITERAL_ITEMS:
             raise NotLiteral(f"lists may hold at most {MAX_LITERAL_ITEMS} items")
-        return [_literal(e, depth + 1) for e in node.elts]
-    if isinstance(node, ast.Name):
-        raise NotLiteral(f"the name {node.id!r} is not a value; write numbers and quoted strings")
-    raise NotLiteral(f"{type(node).__name__} expressions are not allowed; write numbers and quoted strings")
+        return [_literal(e, depth + 1, names) for e in node.elts]
+    try:
+        return plain(arith.fold(node, arith.screen_names() if names is None else names))
+    except arith.NotAValue as exc:
+        raise NotLiteral(str(exc)) from None
 
 
 def finite(value: int | float) -> int | float:
@@ -113,7 +104,8 @@ class Args:
         return any(name in self.values for name in names)
 
 
-def _bind(call: str, node: ast.Call, params: Sequence[str], aliases: dict[str, str] | None = None) -> Args:
+def _bind(call: str, node: ast.Call, params: Sequence[str], aliases: dict[str, str] | None = None,
+          names: dict[str, Any] | None = None) -> Args:
     """Bind positional and keyword arguments to ``params`` (pyautogui's order); all must be literals."""
     aliases = aliases or {}
     values: dict[str, Any] = {}
@@ -123,19 +115,19 @@ def _bind(call: str, node: ast.Call, params: Sequence[str], aliases: dict[str, s
         for name, arg in zip(params, node.args):
             if isinstance(arg, ast.Starred):
                 raise NotLiteral("*arguments are not allowed")
-            values[name] = _literal(arg)
+            values[name] = _literal(arg, names=names)
         for kw in node.keywords:
             if kw.arg is None:
                 raise NotLiteral("**arguments are not allowed")
             name = kw.arg if kw.arg in params else aliases.get(kw.arg, kw.arg)
             if kw.arg in _IGNORED_KEYWORDS:
-                _literal(kw.value)
+                _literal(kw.value, names=names)
                 continue
             if name not in params:
                 raise fail(f"{call}() has no argument {kw.arg!r} (it takes {', '.join(params)})")
             if name in values:
                 raise fail(f"{call}() got {name!r} twice")
-            values[name] = _literal(kw.value)
+            values[name] = _literal(kw.value, names=names)
     except NotLiteral as exc:
         raise fail(f"in {call}(): {exc}") from None
     return Args(call, values)
@@ -427,7 +419,7 @@ def _call_name(func: ast.expr) -> tuple[str, str]:
     raise fail("only plain calls like pyautogui.click(...) are allowed, not chained attributes or calls")
 
 
-def convert_call(node: ast.Call) -> Step:
+def convert_call(node: ast.Call, names: dict[str, Any] | None = None) -> Step:
     module, name = _call_name(node.func)
     shown = f"{module}.{name}" if module else name
     if module not in ALLOWED_MODULES:
@@ -447,7 +439,7 @@ def convert_call(node: ast.Call) -> Step:
     if name not in _CALLS:
         raise fail(f"{shown}() is not an allowed action")
     params, handler = _CALLS[name]
-    args = _bind(shown, node, params, _KEYWORD_ALIASES)
+    args = _bind(shown, node, params, _KEYWORD_ALIASES, names)
     try:
         return Step(actions=handler(args))
     except ValidationError as exc:
@@ -458,8 +450,9 @@ def convert_call(node: ast.Call) -> Step:
 WORDS: dict[str, Callable[[], Action]] = {"WAIT": Wait, "DONE": Done, "FAIL": Fail}
 
 
-def convert_statement(stmt: ast.stmt) -> Step | None:
-    """A statement of a code block: a call, an import of pyautogui/time (ignored), or WAIT/DONE/FAIL."""
+def convert_statement(stmt: ast.stmt, names: dict[str, Any] | None = None) -> Step | None:
+    """A statement of a code block: a call, an import of pyautogui/time (ignored), WAIT/DONE/FAIL, or an
+    assignment of literal arithmetic (``x = int(0.3 * screen_width)``), recorded in ``names`` for later calls."""
     if isinstance(stmt, (ast.Import, ast.ImportFrom)):
         names = [a.name for a in stmt.names] if isinstance(stmt, ast.Import) else [stmt.module or ""]
         if all(n in _IMPORTABLE for n in names):
@@ -468,11 +461,17 @@ def convert_statement(stmt: ast.stmt) -> Step | None:
     if isinstance(stmt, ast.Pass):
         return None
     if isinstance(stmt, ast.AnnAssign) and stmt.value is None and isinstance(stmt.annotation, ast.Call):
-        return convert_call(stmt.annotation)  # "Toolcall: click(x=0.3, y=0.5)" parses as an annotation
+        return convert_call(stmt.annotation, names)  # "Toolcall: click(x=0.3, y=0.5)" parses as an annotation
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and names is not None:
+        try:
+            arith.assign(stmt, names)
+        except arith.NotAValue as exc:
+            raise fail(f"in an assignment: {exc}") from None
+        return None
     if isinstance(stmt, ast.Expr):
         value = stmt.value
         if isinstance(value, ast.Call):
-            return convert_call(value)
+            return convert_call(value, names)
         if isinstance(value, ast.Name) and value.id.upper() in WORDS:
             return Step(actions=[WORDS[value.id.upper()]()])
         if isinstance(value, ast.Constant) and isinstance(value.value, str):

@@ -8,6 +8,7 @@ logical size handles all three at once.
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -78,13 +79,18 @@ def _fraction(value: float, size: int, reading: str, axis: str) -> float:
     return fraction
 
 
+def _nearest(value: float) -> int:
+    """The nearest whole pixel, halves up (0.365 x 1920 = 700.8 -> 701; never Python's banker's rounding)."""
+    return math.floor(value + 0.5)
+
+
 def point_to_screen(
     point: Point, *, shown_width: int, shown_height: int, monitor: Monitor, reading: str
 ) -> Point:
     fx = _fraction(float(point.x), shown_width, reading, "x")
     fy = _fraction(float(point.y), shown_height, reading, "y")
-    x = monitor.left + min(int(fx * monitor.width), monitor.width - 1)
-    y = monitor.top + min(int(fy * monitor.height), monitor.height - 1)
+    x = monitor.left + min(_nearest(fx * monitor.width), monitor.width - 1)
+    y = monitor.top + min(_nearest(fy * monitor.height), monitor.height - 1)
     return Point(x=x, y=y)
 
 

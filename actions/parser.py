@@ -27,6 +27,7 @@ import ast
 import itertools
 import re
 import warnings
+from actions import arith
 from actions.calls import (
     ALLOWED_MODULES,
     FORMAT_HINT,
@@ -145,7 +146,8 @@ def _parse_code(code: str) -> list[Action]:
         raise fail(f"the code block could not be read ({type(exc).__name__})") from None
     if len(tree.body) > MAX_CODE_STATEMENTS:
         raise fail(f"the code block has more than {MAX_CODE_STATEMENTS} statements")
-    steps = [s for s in (convert_statement(stmt) for stmt in tree.body) if s is not None]
+    names = arith.screen_names()  # names assigned earlier in this block, for the calls after them
+    steps = [s for s in (convert_statement(stmt, names) for stmt in tree.body) if s is not None]
     return fold(steps)
 
 

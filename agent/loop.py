@@ -23,6 +23,7 @@ from agent.safety.policy import DEFAULT_SAFETY, install_safety
 from agent.reply import ModelReply, Usage
 from agent.tokens import load_text_counter, read_in_token_limit
 from agent.trajectory import (
+    RetriedAnswer,
     RunInfo,
     RunStatus,
     StepIntent,
@@ -30,6 +31,7 @@ from agent.trajectory import (
     TrajectoryWriter,
     clear_intent,
     default_run_dir,
+    read_info,
     read_intent,
     read_trajectory,
     repair_trajectory,
@@ -104,6 +106,7 @@ class Agent:
         self.turns: list[Turn] = []
         self._notes: list[str] = []  # added to the next prompt (format errors, hints)
         self._format_errors = 0
+        self._resume_pending = False  # the next record is the first one after a resume (marked ``resumed``)
 
     def reset(self) -> None:
         """Forget the episode (OSWorld calls this between tasks)."""
@@ -223,8 +226,9 @@ class Agent:
         self._notes.append(f"Hint from the user: {hint}")
 
     # ---- the loop --------------------------------------------------------------------------------
-    def run(self, task: str, *, resume: bool = False) -> RunResult:
-        """Run until done/fail/max_steps. ``resume=True`` continues the run recorded in ``config.out_dir``."""
+    def run(self, task: str, *, resume: bool = False, settings: dict[str, Any] | None = None) -> RunResult:
+        """Run until done/fail/max_steps. ``resume=True`` continues the run recorded in ``config.out_dir`` (its
+        start time kept). ``settings``: what the caller wants recorded in run.json for a later resume (CLI flags)."""
         if self.env is None:
             raise ValueError("Agent.run needs an environment; use decide() for harnesses that act themselves")
         out_dir = Path(self.config.out_dir) if self.config.out_dir else default_run_dir()
@@ -235,10 +239,21 @@ class Agent:
         elif (out_dir / "trajectory.jsonl").exists() and (out_dir / "trajectory.jsonl").stat().st_size:
             raise FileExistsError(f"{out_dir} already holds a trajectory: resume it with --resume {out_dir}, "
                                   "or choose another --out")
+        recorded_before = first_step - 1  # steps already in the trajectory
+        self._resume_pending = resume
         writer = TrajectoryWriter(out_dir)
         info = RunInfo(task=task, model=getattr(self.client, "model", ""),
                        base_url=getattr(self.client, "base_url", ""),
-                       config=self.config.model_dump(mode="json"), resumed_at_step=first_step if resume else None)
+                       config=self.config.model_dump(mode="json"), resumed_at_step=first_step if resume else None,
+                       settings=dict(settings or {}))
+        if resume:
+            try:
+                earlier = read_info(out_dir)
+            except (OSError, ValueError):
+                earlier = None
+            if earlier is not None:
+                info.started = earlier.started
+                info.settings = info.settings or earlier.settings
         writer.write_info(info)
         status: RunStatus = "max_steps"
         answer: str | None = None
@@ -270,6 +285,8 @@ class Agent:
             status, error, propagating = "error", str(exc), True
             raise
         finally:
+            # The steps in the trajectory: a step in flight when the run was interrupted is not one of them.
+            step = writer.last_step if writer.last_step is not None else recorded_before
             info.status, info.answer, info.error = status, answer, error
             info.steps, info.finished = step, time.time()
             try:
@@ -342,7 +359,8 @@ class Agent:
                         for _ in unfinished[1:]]
             self._notes.append(_interrupted_note(record.step, actions, len(intent.results)))
         overall = next((r for r in results if not r.ok), results[-1] if results else ActionResult(skipped=True))
-        record = record.model_copy(update={"result": overall, "results": results, "notes": notes})
+        record = record.model_copy(update={"result": overall, "results": results, "notes": notes,
+                                           "stopped": stop_reason, **self._resume_mark()})
         writer.append(record)
         writer.end_intent()
         shot = writer.out_dir / record.screenshot
@@ -385,6 +403,7 @@ class Agent:
         save_ms = _ms(t)
         self.hooks.on_step_start(step, observation)
         decided_by: Literal["model", "user"] = "model"
+        retries: list[RetriedAnswer] = []  # answers a hook had asked again (the debugger's retry [HINT])
         while True:
             decision = self.decide(task, observation, step)
             context = StepContext(step=step, max_steps=self.config.max_steps, observation=observation,
@@ -393,6 +412,9 @@ class Agent:
                                   screenshot_path=str(writer.out_dir / shot))
             verdict = self.hooks.before_action(context) or HookDecision()
             if verdict.verdict == "retry":
+                retries.append(RetriedAnswer(hint=verdict.hint, reason=verdict.reason,
+                                             summary=decision.reply.summary if decision.reply else "",
+                                             actions=decision.actions, parse_error=decision.parse_error))
                 if verdict.hint:
                     self.add_hint(verdict.hint)
                 continue
@@ -415,12 +437,17 @@ class Agent:
             action=actions[0] if actions else None, actions=actions,
             parse_error=decision.parse_error, usage=decision.reply.usage if decision.reply else Usage(),
             budget=decision.budget, user_text=decision.user_text, decided_by=decided_by, notes=notes,
+            retries=retries,
+            # The observation's "settle" is the wait after the previous step's actions (recorded there).
             timings={"observe_ms": observe_ms, "save_ms": save_ms, **decision.timings,
-                     **{k: v for k, v in observation.timings_ms.items()}},
+                     **{k: v for k, v in observation.timings_ms.items() if k != "settle"}},
         )
         t = time.perf_counter()
         if verdict.verdict == "skip":
             results = [ActionResult(ok=True, skipped=True) for _ in actions]
+            if actions:
+                self._notes.append(f"Your previous action ({'; '.join(describe(a) for a in actions)}) was skipped "
+                                   "by the user and did not run.")
         elif verdict.verdict != "stop":
             if any(not isinstance(a, (Done, Fail, Wait)) for a in actions):
                 writer.begin_intent(draft)  # durable before the first action runs: a resume never redoes blindly
@@ -437,8 +464,12 @@ class Agent:
                 results.append(ActionResult())
         execute_ms = _ms(t)
         overall = next((r for r in results if not r.ok), results[-1] if results else ActionResult(skipped=True))
-        record = draft.model_copy(update={"result": overall, "results": results,
-                                          "timings": {**draft.timings, "execute_ms": execute_ms}})
+        timings = {**draft.timings, "execute_ms": execute_ms}
+        settled = [r.settle_ms for r in results if r.settle_ms is not None]
+        if settled:  # this step's own waits for the screen to settle (part of execute_ms)
+            timings["settle_ms"] = round(sum(settled), 3)
+        record = draft.model_copy(update={"result": overall, "results": results, "timings": timings,
+                                          "stopped": stop_reason, **self._resume_mark()})
         writer.append(record)
         writer.end_intent()
         self.remember(step, writer.out_dir / shot, observation, decision, actions if verdict.verdict != "skip" else [])
@@ -449,6 +480,13 @@ class Agent:
         if stop_reason is not None:
             raise _StopRun(stop_reason)
         return record, terminal
+
+    def _resume_mark(self) -> dict[str, bool]:
+        """``{"resumed": True}`` for the first record written after a resume, else nothing."""
+        if not self._resume_pending:
+            return {}
+        self._resume_pending = False
+        return {"resumed": True}
 
 
 class _StopRun(Exception):

@@ -44,6 +44,17 @@ class RecordError(OSError):
         self.path = Path(path)
 
 
+class RetriedAnswer(BaseModel):
+    """An answer of a step that was not used: a hook (the debugger's ``retry [HINT]``, the stuck detector) asked
+    the model again, with ``hint`` added to its next prompt."""
+
+    hint: str | None = None
+    reason: str | None = None
+    summary: str = ""
+    actions: list[Action] = Field(default_factory=list)  # screen pixels, as parsed (never run)
+    parse_error: str | None = None
+
+
 class StepRecord(BaseModel):
     step: int
     screenshot: str  # file name inside the run directory
@@ -65,6 +76,9 @@ class StepRecord(BaseModel):
     user_text: str = ""
     decided_by: Literal["model", "user", "replay"] = "model"
     notes: list[str] = Field(default_factory=list)
+    retries: list[RetriedAnswer] = Field(default_factory=list)  # answers asked again before this one
+    stopped: str | None = None  # the run stopped at this step, and why (its actions did not run, or not all)
+    resumed: bool = False  # the first step recorded after the run was stopped (or killed) and resumed
     timestamp: float = Field(default_factory=time.time)
 
     # The thinking is most of a reply (up to the reply cap): it is written once, inside ``response``, and
@@ -93,6 +107,7 @@ class RunInfo(BaseModel):
     steps: int = 0
     finished: float | None = None
     resumed_at_step: int | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)  # the command's settings a resume reuses (CLI flags)
 
 
 def default_run_dir(root: Path = Path("runs")) -> Path:
@@ -135,6 +150,7 @@ class TrajectoryWriter:
         # Unbuffered (os-level) appends: a failed write leaves nothing queued that a later flush could add.
         self._fd = _open_append(self.path)
         self._intent: int | None = None  # the open intent file while a step's actions run
+        self.last_step: int | None = None  # the step of the last record this writer appended
 
     def save_screenshot(self, step: int, data: bytes, extension: str) -> str:
         name = f"step_{step:04d}.{extension}"
@@ -154,6 +170,7 @@ class TrajectoryWriter:
             except OSError:
                 pass  # the next resume cuts the torn line
             raise RecordError(self.path, exc) from None
+        self.last_step = record.step
 
     def write_info(self, info: RunInfo) -> None:
         data = info.model_dump_json(indent=2).encode("utf-8")
@@ -363,10 +380,26 @@ def read_trajectory(out_dir: Path) -> list[StepRecord]:
         except (ValidationError, json.JSONDecodeError) as exc:
             if number == len(lines):
                 break  # the step in flight when the run was killed
-            raise ValueError(f"{path}:{number} is not a valid step record: {exc}") from None
+            raise ValueError(f"{path}:{number} is not a valid step record ({_first_problem(exc)})") from None
     return records
+
+
+def _first_problem(exc: ValueError) -> str:
+    """One line for a bad record: the first field pydantic rejected, or where the JSON breaks."""
+    if isinstance(exc, ValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "the record"
+        more = f", and {len(errors) - 1} more" if len(errors) > 1 else ""
+        return f"{where}: {first.get('msg', 'invalid')}{more}"
+    return str(exc).splitlines()[0]
 
 
 def read_info(out_dir: Path) -> RunInfo | None:
     path = Path(out_dir) / "run.json"
-    return RunInfo.model_validate_json(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return RunInfo.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as exc:
+        raise ValueError(f"{path} is not a valid run record ({_first_problem(exc)})") from None

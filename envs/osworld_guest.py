@@ -87,7 +87,13 @@ class Guest:
         self.home.mkdir(parents=True, exist_ok=True)
         self._shims = Path(tempfile.mkdtemp(prefix="kimi-cua-guest-bin-"))
         for name in ("python", "python3"):
-            (self._shims / name).symlink_to(config.python)
+            # A script, not a symlink: a virtual environment's interpreter reached through a symlink in another
+            # folder finds no pyvenv.cfg beside it and runs as the base interpreter, without the environment's
+            # packages (a venv-installed kimi-cua then launched task apps, e.g. envs.apps.tk_editor, that could not
+            # import).
+            shim = self._shims / name
+            shim.write_text(f"#!/bin/sh\nexec {shlex.quote(str(config.python))} \"$@\"\n", encoding="utf-8")
+            shim.chmod(0o755)
         env = dict(os.environ)
         env.pop("XAUTHORITY", None)
         env.update(config.extra_env)

@@ -58,6 +58,17 @@ def _display_numbers() -> list[int] | None:
     return numbers
 
 
+def _display_number(display: str | int) -> int:
+    text = str(display).strip()
+    try:
+        number = int(text[1:] if text.startswith(":") else text)
+    except ValueError:
+        raise DisplayError(f"{display!r} is not an X display like :5") from None
+    if not 0 <= number < 65536:
+        raise DisplayError(f"{display!r} is not an X display number")
+    return number
+
+
 class VirtualDisplay:
     """``with VirtualDisplay(1920, 1080) as vd: ...`` sets nothing globally; use ``vd.env`` for children.
 
@@ -73,12 +84,15 @@ class VirtualDisplay:
         window_manager: str | None = "openbox",
         start_timeout: float = 10.0,
         launcher: Callable[..., subprocess.Popen] | None = None,
+        display: str | int | None = None,
     ) -> None:
         """``launcher``: starts the window manager instead of ``subprocess.Popen`` (same arguments), e.g. inside
-        a sandbox: its menus can start programs."""
+        a sandbox: its menus can start programs. ``display``: the number to take (":N" or N; default: the first
+        free one, within $KIMI_CUA_DISPLAYS when set)."""
         self.width, self.height, self.depth = width, height, depth
         self.window_manager = window_manager
         self.launcher = launcher
+        self.wanted = _display_number(display) if display is not None else None
         self.start_timeout = start_timeout
         self.display: str = ""
         self._xvfb: subprocess.Popen[bytes] | None = None
@@ -95,7 +109,12 @@ class VirtualDisplay:
         if shutil.which("Xvfb") is None:
             raise DisplayError(f"--env virtual needs Xvfb, which is not installed; {INSTALL_HINT}")
         allowed = _display_numbers()
-        candidates: list[int | None] = list(allowed) if allowed else [None]
+        if self.wanted is not None:
+            if x_socket(f":{self.wanted}").exists() or Path(f"/tmp/.X{self.wanted}-lock").exists():
+                raise DisplayError(f"display :{self.wanted} is taken (an X server runs there); choose another "
+                                   "--display or leave it out to take a free one")
+            allowed = None
+        candidates: list[int | None] = [self.wanted] if self.wanted is not None else list(allowed) if allowed else [None]
         for index, wanted in enumerate(candidates):
             try:
                 number = self._start_xvfb(wanted)

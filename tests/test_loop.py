@@ -12,6 +12,7 @@ from agent.loop import Agent, AgentConfig
 from agent.trajectory import read_info, read_trajectory
 from tests.e2e_support import DONE, kimi_reply
 from tests.fault_server import MemoryDesktop
+from envs.base import ActionResult
 from tests.loopback import LoopbackServer
 
 CLICK = kimi_reply("Click the middle.", "pyautogui.click(x=0.5, y=0.25)")
@@ -66,12 +67,95 @@ def test_a_skipped_step_runs_nothing_and_says_so(tmp_path):
     assert read_trajectory(tmp_path / "run")[0].result.skipped
 
 
+def test_after_a_skip_the_next_prompt_says_the_action_did_not_run(tmp_path):
+    with LoopbackServer([CLICK, DONE]) as server:
+        run(server, tmp_path, hooks=Verdict(HookDecision(verdict="skip")))
+        last = server.requests[1]["messages"][-1]["content"][-1]["text"]
+    assert "Your previous action (click (320, 100)) was skipped by the user and did not run." in last
+
+
 def test_a_stop_records_the_step_then_ends_the_run(tmp_path):
     with LoopbackServer([CLICK, DONE]) as server:
         _, desktop, result = run(server, tmp_path, hooks=Verdict(HookDecision(verdict="stop", reason="enough")))
     assert result.status == "stopped" and result.error == "enough" and desktop.executed == []
-    assert len(read_trajectory(tmp_path / "run")) == 1
+    steps = read_trajectory(tmp_path / "run")
+    assert len(steps) == 1 and steps[0].stopped == "enough" and steps[0].result.skipped
     assert read_info(tmp_path / "run").status == "stopped"
+
+
+def test_a_retry_hint_and_the_discarded_answer_are_recorded_in_the_step(tmp_path):
+    class RetryOnce(AgentHooks):
+        asked = 0
+
+        def before_action(self, context):
+            self.asked += 1
+            if self.asked == 1:
+                return HookDecision(verdict="retry", hint="the button is at the top", reason="asked again")
+            return None
+
+    other = kimi_reply("Click the top.", "pyautogui.click(x=0.5, y=0.1)")
+    with LoopbackServer([CLICK, other, DONE]) as server:
+        _, desktop, result = run(server, tmp_path, hooks=RetryOnce())
+        second = json.dumps(server.requests[1])
+    assert result.status == "done" and desktop.executed == [Click(at=Point(x=320, y=40))]
+    assert "Hint from the user: the button is at the top" in second
+    first = read_trajectory(tmp_path / "run")[0]
+    assert len(first.retries) == 1
+    retry = first.retries[0]
+    assert (retry.hint, retry.reason) == ("the button is at the top", "asked again")
+    assert retry.actions == [Click(at=Point(x=320, y=100))] and "Click the middle." in retry.summary
+    assert first.action == Click(at=Point(x=320, y=40)) and not read_trajectory(tmp_path / "run")[1].retries
+
+
+def test_the_first_step_after_a_resume_is_marked(tmp_path):
+    with LoopbackServer([CLICK, DONE]) as server:
+        run(server, tmp_path, hooks=Verdict(HookDecision(verdict="stop", reason="enough")))
+    with LoopbackServer([CLICK, DONE]) as server:
+        agent = Agent(MemoryDesktop(640, 400), VLLMClient(server.base_url, retries=0),
+                      AgentConfig(max_steps=5, out_dir=tmp_path / "run"))
+        result = agent.run("click the middle, then finish", resume=True)
+    steps = read_trajectory(tmp_path / "run")
+    assert result.status == "done" and [s.step for s in steps] == [1, 2, 3]
+    assert [s.resumed for s in steps] == [False, True, False]
+    assert read_info(tmp_path / "run").steps == 3 == result.steps
+
+
+def test_run_json_counts_the_recorded_steps_after_an_interrupt(tmp_path):
+    class CtrlC(AgentHooks):
+        def before_action(self, context):
+            if context.step == 2:
+                raise KeyboardInterrupt  # the second Ctrl-C: stop at once, the step in flight is not recorded
+            return None
+
+    with LoopbackServer([CLICK, CLICK, DONE]) as server:
+        with pytest.raises(KeyboardInterrupt):
+            run(server, tmp_path, hooks=CtrlC())
+    info = read_info(tmp_path / "run")
+    assert info.status == "stopped" and info.error == "interrupted"
+    assert info.steps == len(read_trajectory(tmp_path / "run")) == 1
+
+
+def test_a_steps_settle_time_is_recorded_under_that_step(tmp_path):
+    class Settling(MemoryDesktop):
+        def __init__(self):
+            super().__init__(640, 400)
+            self.settles = iter([111.0, 222.0])
+
+        def execute(self, action):
+            super().execute(action)
+            return ActionResult(settle_ms=next(self.settles))
+
+        def observe(self):  # like LocalDesktop: the next observation carries the wait that preceded it
+            observation = super().observe()
+            return observation.model_copy(update={"timings_ms": {"grab": 0.0, "settle": 999.0, "encode": 1.0}})
+
+    with LoopbackServer([CLICK, CLICK, DONE]) as server:
+        agent = Agent(Settling(), VLLMClient(server.base_url, retries=0),
+                      AgentConfig(max_steps=5, out_dir=tmp_path / "run"))
+        agent.run("click twice")
+    steps = read_trajectory(tmp_path / "run")
+    assert [s.timings.get("settle_ms") for s in steps] == [111.0, 222.0, None]
+    assert all("settle" not in s.timings for s in steps)
 
 
 def test_earlier_turns_go_back_as_summaries_without_thinking(tmp_path):

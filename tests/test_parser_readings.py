@@ -120,7 +120,7 @@ def test_the_bare_point_fallback_fires_only_for_a_point_and_nothing_else(text, w
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("(x=0.31, y=0.62)", Point(x=396, y=446)),
+    ("(x=0.31, y=0.62)", Point(x=397, y=446)),  # 0.31 x 1280 = 396.8: the nearest pixel (not truncated)
     ("The element is at (0.25, 0.6).", Point(x=320, y=432)),
     ("[0.75, 0.125]", Point(x=960, y=90)),
     ('{"bbox_2d": [0.28, 0.50, 0.52, 0.70]}', Point(x=512, y=432)),

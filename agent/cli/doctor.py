@@ -25,11 +25,11 @@ from agent.models.vllm import (
     VLLMClient,
     image_part,
 )
+from agent.cli.validate import DEFAULT_SIZE, positive_float, positive_int, screen_size
 from agent.tokens import IMAGE_WRAPPER_TOKENS, image_tokens, in_token_limit_for
 
 Status = Literal["ok", "warn", "fail", "skip"]
 X11_PACKAGES = "apt-get install -y xvfb xauth openbox xdotool xclip x11-utils"
-DEFAULT_SIZE = (1920, 1080)  # what `kimi-cua run --env virtual` shows the model when no --size is given
 TEXT_MARGIN = 512  # tokens a step's prompt spends besides its screenshots (system prompt, task, history text)
 
 
@@ -398,16 +398,6 @@ def handle(args: argparse.Namespace) -> int:
     return exit_code(checks)
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1920x1080") from None
-    if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be positive")
-    return w, h
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check display, input, clipboard and the model server",
                        description="Run every check and print a table with fixes. Exit 0 when all required "
@@ -417,11 +407,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", help="bearer token, if the server wants one")
     p.add_argument("--env", choices=["local", "virtual"], default="local",
                    help="check $DISPLAY (local) or a private Xvfb desktop (virtual)")
-    p.add_argument("--max-context", type=int, help="the agent's context tokens (default: the server's)")
-    p.add_argument("--max-images", type=int, default=64, help="screenshots per request the agent sends (default 64)")
-    p.add_argument("--max-tokens", type=int, help="the agent's reply limit (default: the variant's, as for run)")
-    p.add_argument("--size", type=_size, metavar="WxH",
-                   help="screenshot size the agent will send (default: the screen's; --env virtual: 1920x1080)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per server request (default 30)")
+    p.add_argument("--max-context", type=positive_int, help="the agent's context tokens (default: the server's)")
+    p.add_argument("--max-images", type=positive_int, default=64, help="screenshots per request the agent sends (default 64)")
+    p.add_argument("--max-tokens", type=positive_int, help="the agent's reply limit (default: the variant's, as for run)")
+    p.add_argument("--size", type=screen_size, metavar="WxH",
+                   help="screenshot size the agent will send, and of the Xvfb desktop with --env virtual "
+                   f"(default: the screen's; --env virtual: {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}, as run)")
+    p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds per server request (default 30)")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.set_defaults(handler=handle)

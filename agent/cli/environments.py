@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from agent.cli.validate import DEFAULT_SIZE, nonnegative_float, positive_float, positive_int, screen_size
 from envs.base import DisplayError, Environment
 
 
@@ -17,7 +18,7 @@ from envs.base import DisplayError, Environment
 class EnvOptions:
     kind: str = "local"  # local | virtual | osworld
     osworld_url: str | None = None  # --env osworld: the guest's in-VM server (OSWorld VM or `kimi-cua guest`)
-    display: str | None = None
+    display: str | None = None  # local: the display to act on; virtual: the number Xvfb takes (default: a free one)
     monitor: int = 1
     width: int = 1920
     height: int = 1080
@@ -40,16 +41,18 @@ def add_env_arguments(parser) -> None:  # argparse.ArgumentParser
                         "an OSWorld guest's HTTP server (--osworld-url: a VM's port 5000 or `kimi-cua guest`)")
     g.add_argument("--osworld-url", metavar="URL",
                    help="with --env osworld: the guest's server, e.g. http://192.168.56.10:5000")
-    g.add_argument("--display", help="X display to use with --env local (default: $DISPLAY)")
-    g.add_argument("--monitor", type=int, default=1, help="monitor to act on, mss numbering (1 = first)")
-    g.add_argument("--size", default="1920x1080", help="screen size of --env virtual, WxH (default 1920x1080)")
+    g.add_argument("--display", metavar=":N", help="X display: --env local acts on it (default: $DISPLAY); --env "
+                   "virtual starts its Xvfb on it (default: the first free one)")
+    g.add_argument("--monitor", type=positive_int, default=1, help="monitor to act on, mss numbering (1 = first)")
+    g.add_argument("--size", type=screen_size, metavar="WxH",
+                   help=f"screen size of --env virtual (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]})")
     g.add_argument("--no-wm", action="store_true", help="--env virtual without a window manager")
     g.add_argument("--launch", action="append", default=[], metavar="CMD",
                    help="start this program on the display before the run (repeatable)")
     g.add_argument("--settle", choices=["adaptive", "fixed"], default="adaptive",
                    help="after an action, wait until the screen stops changing (default) or a fixed time")
-    g.add_argument("--settle-ms", type=float, default=2000.0, help="the wait of --settle fixed (default 2000)")
-    g.add_argument("--max-settle-ms", type=float, default=3000.0, help="longest adaptive wait (default 3000)")
+    g.add_argument("--settle-ms", type=nonnegative_float, default=2000.0, help="the wait of --settle fixed (default 2000)")
+    g.add_argument("--max-settle-ms", type=positive_float, default=3000.0, help="longest adaptive wait (default 3000)")
     g.add_argument("--encoding", choices=["png", "webp"], default="png",
                    help="lossless screenshot encoding (default png; webp is half the bytes, slower here)")
     g.add_argument("--sandbox", action="store_true",
@@ -59,11 +62,26 @@ def add_env_arguments(parser) -> None:  # argparse.ArgumentParser
     g.add_argument("--sandbox-network", action="store_true", help="let sandboxed programs use the network")
 
 
+def check_env_arguments(args) -> None:
+    """What can be checked before a server probe or an Xvfb start: the --launch programs, --display of --env
+    virtual (UsageError: one line, exit 2)."""
+    from agent.cli.validate import UsageError, check_launch
+
+    if args.env == "osworld":
+        return
+    check_launch(args.launch)
+    if args.env == "virtual" and args.display:
+        from envs.xvfb import _display_number
+
+        try:
+            _display_number(args.display)
+        except DisplayError as exc:
+            raise UsageError(f"--display {args.display}: {exc}; with --env virtual give a free display like :5") \
+                from None
+
+
 def env_options_from(args) -> EnvOptions:
-    try:
-        width, height = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"kimi-cua: --size must look like 1920x1080, not {args.size!r}") from None
+    width, height = args.size or DEFAULT_SIZE
     return EnvOptions(kind=args.env, display=args.display, monitor=args.monitor, width=width, height=height,
                       window_manager=None if args.no_wm else "openbox", launch=list(args.launch),
                       settle=args.settle, fixed_ms=args.settle_ms, max_settle_ms=args.max_settle_ms,
@@ -91,7 +109,8 @@ def open_environment(options: EnvOptions) -> Iterator[Environment]:
     try:
         if options.kind == "virtual":
             virtual = VirtualDisplay(options.width, options.height, window_manager=options.window_manager,
-                                     launcher=launch if sandbox is not None else None).start()
+                                     launcher=launch if sandbox is not None else None,
+                                     display=options.display).start()
             display = virtual.display
         else:
             display = options.display or os.environ.get("DISPLAY")
@@ -103,9 +122,12 @@ def open_environment(options: EnvOptions) -> Iterator[Environment]:
         for command in options.launch:
             child_env = dict(os.environ, DISPLAY=display)
             # die_with_parent: a SIGKILLed kimi-cua leaves no launched program behind
-            launched.append(launch(shlex.split(command), env=child_env, stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL, start_new_session=True,
-                                             preexec_fn=die_with_parent()))
+            try:
+                launched.append(launch(shlex.split(command), env=child_env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, start_new_session=True,
+                                       preexec_fn=die_with_parent()))
+            except OSError as exc:  # not found, not executable
+                raise DisplayError(f"--launch {command!r} cannot start: {exc.strerror or exc}") from None
         if launched:
             _wait_for_change(env, options.launch_timeout, launched)
         yield env

@@ -22,14 +22,8 @@ from agent.evals.osworld import (
     run_osworld,
 )
 from agent.evals.local_tasks import LoadProblem, TaskError, load_tasks
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-        return width, height
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 1920x1080, not {text!r}") from None
+from agent.cli.validate import (DEFAULT_SIZE, UsageError, check_writable_dir, nonnegative_float, port, positive_float,
+                                positive_int, screen_size)
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,17 +53,18 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
                                        "steps run shell commands. TASKS: a task file, a folder of them, or 'builtin'.")
     local.add_argument("tasks", metavar="TASKS", help="task .json, folder, or 'builtin'")
     local.add_argument("--out", type=Path, help="results folder (default: runs/local-<timestamp>)")
-    local.add_argument("--max-steps", type=int, default=15, help="steps per task (default 15)")
-    local.add_argument("--size", type=_size, default=(1280, 720), help="desktop size WxH (default 1280x720)")
+    local.add_argument("--max-steps", type=positive_int, default=15, help="steps per task (default 15)")
+    local.add_argument("--size", type=screen_size, default=DEFAULT_SIZE, metavar="WxH",
+                       help=f"desktop size (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}, as run)")
     local.add_argument("--no-sandbox", action="store_true", help="run task programs and commands without bubblewrap "
                        "(by default they see a read-only system, the task's private HOME and /tmp, no network)")
     local.add_argument("--sandbox-network", action="store_true", help="let sandboxed task programs use the network")
     local.add_argument("--cache-dir", type=Path, help="where `download` setups keep their files (default <out>/cache)")
-    local.add_argument("--task-timeout", type=float, default=1800.0,
+    local.add_argument("--task-timeout", type=positive_float, default=1800.0,
                        help="wall-clock budget of one task, seconds (default 1800); then it is `timeout`")
     local.add_argument("--ports", type=_ports, help="TCP ports for the tasks' guests, LOW-HIGH (default: any free)")
-    local.add_argument("--chromium-port", type=int, default=9222, help="Chrome's CDP port in the tasks (default 9222)")
-    local.add_argument("--vlc-port", type=int, default=8080, help="VLC's HTTP port in the tasks (default 8080)")
+    local.add_argument("--chromium-port", type=port, default=9222, help="Chrome's CDP port in the tasks (default 9222)")
+    local.add_argument("--vlc-port", type=port, default=8080, help="VLC's HTTP port in the tasks (default 8080)")
     local.add_argument("--client-password", default="password", help="{CLIENT_PASSWORD} (default 'password')")
     local.add_argument("--install-osworld", action="store_true",
                        help="first install OSWorld's code in .venv-osworld (scripts/install_osworld.sh)")
@@ -85,15 +80,15 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
                      help="domain -> example ids, relative to --osworld-dir (default evaluation_examples/test_all.json)")
     osw.add_argument("--domain", default="all", help="only this domain (default all)")
     osw.add_argument("--result-dir", type=Path, default=Path("results"), help="results root (default ./results)")
-    osw.add_argument("--num-envs", type=int, default=1, help="parallel environments, one process each (default 1)")
+    osw.add_argument("--num-envs", type=positive_int, default=1, help="parallel environments, one process each (default 1)")
     osw.add_argument("--provider", default="vmware", help="DesktopEnv provider: vmware, virtualbox, docker, aws, ...")
     osw.add_argument("--path-to-vm", help="VM image path (vmware/virtualbox)")
     osw.add_argument("--region", help="cloud region (aws, ...)")
-    osw.add_argument("--screen-size", type=_size, default=(1920, 1080), help="VM screen WxH (default 1920x1080)")
+    osw.add_argument("--screen-size", type=screen_size, default=(1920, 1080), help="VM screen WxH (default 1920x1080)")
     osw.add_argument("--headless", action="store_true", help="run VMs without a window")
-    osw.add_argument("--max-steps", type=int, default=15, help="steps per example (default 15, as OSWorld)")
-    osw.add_argument("--sleep-after-execution", type=float, default=2.0, help="seconds after each action (default 2)")
-    osw.add_argument("--settle-after-reset", type=float, default=60.0, help="seconds after reset (default 60)")
+    osw.add_argument("--max-steps", type=positive_int, default=15, help="steps per example (default 15, as OSWorld)")
+    osw.add_argument("--sleep-after-execution", type=nonnegative_float, default=2.0, help="seconds after each action (default 2)")
+    osw.add_argument("--settle-after-reset", type=nonnegative_float, default=60.0, help="seconds after reset (default 60)")
     osw.add_argument("--model-name", default="kimi-vl", help="folder name under the results root (default kimi-vl)")
     _model_arguments(osw)
     osw.set_defaults(handler=run_osworld_command)
@@ -114,6 +109,9 @@ def run_local_command(args: argparse.Namespace) -> int:
     if not items:
         print("kimi-cua eval local: no loadable task files", file=sys.stderr)
         return 2
+    out = (args.out or Path("runs") / f"local-{datetime.now():%Y%m%d-%H%M%S}").absolute()  # each task's HOME is in it
+    check_writable_dir(out, "--out")
+    _probe_server(args)
     if args.install_osworld and install_osworld() != 0:
         print("kimi-cua eval local: scripts/install_osworld.sh failed", file=sys.stderr)
         return 2
@@ -122,7 +120,6 @@ def run_local_command(args: argparse.Namespace) -> int:
     except OSWorldCodeUnavailable as exc:
         print(f"kimi-cua eval local: {exc}", file=sys.stderr)
         return 2
-    out = args.out or Path("runs") / f"local-{datetime.now():%Y%m%d-%H%M%S}"
     options = LocalRunOptions(out_dir=out, base_url=args.base_url, model=args.model, api_key=args.api_key,
                               max_steps=args.max_steps, width=args.size[0], height=args.size[1],
                               sandbox=not args.no_sandbox, sandbox_network=args.sandbox_network,
@@ -151,6 +148,25 @@ def run_local_command(args: argparse.Namespace) -> int:
     if any(r.status in RERUN for r in results):
         print("run the same command again to repeat the infra_error and timeout tasks", file=sys.stderr)
     return 0 if all(r.status in ("success", "fail", "unsupported") for r in results) else 1
+
+
+def _probe_server(args: argparse.Namespace) -> None:
+    """The model server answers and serves the model, before any desktop starts (UsageError: exit 2, as `run`)."""
+    from agent.models.vllm import ServerError, VLLMClient
+
+    client = VLLMClient(args.base_url, model=args.model, api_key=args.api_key, timeout=30.0, retries=1)
+    try:
+        served = [m.id for m in client.models()]
+        if args.model is None and len(served) != 1:
+            raise UsageError(f"{client.base_url} serves {len(served)} models ({', '.join(served) or 'none'}); "
+                             "choose one with --model")
+        if args.model is not None and args.model not in served:
+            raise UsageError(f"{client.base_url} does not serve {args.model!r} (it serves {', '.join(served)}); "
+                             "check --model")
+    except ServerError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        client.close()
 
 
 def run_osworld_command(args: argparse.Namespace) -> int:

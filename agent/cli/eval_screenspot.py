@@ -16,6 +16,7 @@ from agent.evals.screenspot import (
 )
 from agent.evals.preflight import fit_max_tokens
 from agent.evals.screenspot_data import DatasetError, load_dataset, select
+from agent.cli.validate import check_writable_dir, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 
 def register_eval(eval_subparsers: argparse._SubParsersAction) -> None:
@@ -30,8 +31,8 @@ def register_eval(eval_subparsers: argparse._SubParsersAction) -> None:
                    help=f"built-in prompt ({', '.join(PROMPTS)}) or a file with [system]/[user] sections "
                         "and $instruction (default: kimi)")
     p.add_argument("--language", choices=["en", "cn"], default="en", help="instruction language (Pro has cn)")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N selected samples")
+    p.add_argument("--concurrency", type=positive_int, default=16, help="requests in flight (default 16)")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N selected samples")
     p.add_argument("--split", action="append", default=[], help="keep this split (repeatable)")
     p.add_argument("--group", action="append", default=[], help="keep this Pro group (repeatable)")
     p.add_argument("--type", dest="ui_type", action="append", default=[], help="keep text or icon (repeatable)")
@@ -43,12 +44,12 @@ def register_eval(eval_subparsers: argparse._SubParsersAction) -> None:
                    help=f"model server; repeat for data-parallel replicas (default {DEFAULT_BASE_URL})")
     p.add_argument("--model", default=None, help="served model name (default: the one the server serves)")
     p.add_argument("--api-key", default=None)
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
-    p.add_argument("--max-tokens", type=int, default=None,
+    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--max-tokens", type=positive_int, default=None,
                    help="completion budget (default: the variant's; lowered, with a notice, to what the server's "
                    "max_model_len leaves beside the largest sample's prompt)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
-    p.add_argument("--retries", type=int, default=3, help="retries of transient server faults")
+    p.add_argument("--timeout", type=positive_float, default=300.0, help="seconds per request")
+    p.add_argument("--retries", type=nonnegative_int, default=3, help="retries of transient server faults")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_screenspot)
 
@@ -58,15 +59,13 @@ def register_eval(eval_subparsers: argparse._SubParsersAction) -> None:
                     "written in the ScreenSpot-v2 or ScreenSpot-Pro layout.")
     g.add_argument("out", type=Path, metavar="OUT", help="folder to write (must be empty or absent)")
     g.add_argument("--layout", choices=["v2", "pro"], default="v2")
-    g.add_argument("--scenes", type=int, default=1, help="screenshots per application (default 1)")
+    g.add_argument("--scenes", type=positive_int, default=1, help="screenshots per application (default 1)")
     g.add_argument("--seed", type=int, default=0, help="varies labels and placement")
     g.set_defaults(handler=make_screenspot)
 
 
 def run_screenspot(args: argparse.Namespace) -> int:
-    if args.concurrency < 1:
-        print("kimi-cua: --concurrency must be at least 1", file=sys.stderr)
-        return 2
+    check_writable_dir(args.out, "--out")
     try:
         dataset = load_dataset(args.data, classification=args.classification)
         prompt = load_prompt(args.prompt)
@@ -119,6 +118,7 @@ def make_screenspot(args: argparse.Namespace) -> int:
     from envs.base import DisplayError
     from agent.evals.screenspot_make import GeneratorError, generate
 
+    check_writable_dir(args.out, "OUT")
     try:
         made = generate(args.out, layout=args.layout, scenes=args.scenes, seed=args.seed)
     except (GeneratorError, DisplayError) as exc:

@@ -7,6 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
+from agent.cli.validate import port, positive_float
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("guest", help="serve OSWorld's in-VM HTTP API on an X display (no VM needed)",
@@ -16,13 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "`kimi-cua run --env osworld --osworld-url URL` - drive this desktop. It runs "
                                    "whatever it is sent: keep it on 127.0.0.1 or a private network.")
     p.add_argument("--display", default=os.environ.get("DISPLAY"), help="X display to serve (default: $DISPLAY)")
-    p.add_argument("--port", type=int, default=5000, help="TCP port (default 5000, as in OSWorld's VMs)")
+    p.add_argument("--port", type=port, default=5000, help="TCP port (default 5000, as in OSWorld's VMs)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--home", type=Path, default=Path.home(),
                    help="HOME of the commands it runs; '~' in paths means it (default: your HOME)")
     p.add_argument("--home-alias", metavar="DIR",
                    help="a path mapped onto --home, e.g. /home/user (the VM user's home OSWorld's tasks name)")
-    p.add_argument("--open-timeout", type=float, default=120.0,
+    p.add_argument("--open-timeout", type=positive_float, default=120.0,
                    help="seconds /setup/open_file waits for the file's window (default 120)")
     p.set_defaults(handler=run_guest)
 

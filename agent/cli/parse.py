@@ -9,6 +9,7 @@ from typing import TextIO
 from actions.coords import Monitor, to_screen
 from actions.parser import parse_reply
 from actions.types import ACTION_LIST_ADAPTER, ActionParseError
+from agent.cli.validate import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,10 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "print the parsed actions as JSON, with points in pixels of a WIDTHxHEIGHT image. "
                     "Exit 2 with the reason on stderr when it does not parse.",
     )
-    parser.add_argument("--width", type=int, default=1920, help="width of the image the model was shown")
-    parser.add_argument("--height", type=int, default=1080, help="height of the image the model was shown")
-    parser.add_argument("--mode", choices=("auto", "normalized", "pixels"), default="auto",
-                        help="how to read the numbers: auto = all <= 1 are fractions, else image pixels")
+    parser.add_argument("--width", type=positive_int, default=1920, help="width of the image the model was shown")
+    parser.add_argument("--height", type=positive_int, default=1080, help="height of the image the model was shown")
+    parser.add_argument("--coords", choices=("auto", "normalized", "pixels"), default="auto",
+                        help="how to read the numbers, as `run --coords`: auto = all <= 1 are fractions, else "
+                        "image pixels")
+    parser.add_argument("--mode", dest="coords", choices=("auto", "normalized", "pixels"),
+                        help=argparse.SUPPRESS)  # the old name of --coords
     parser.set_defaults(handler=run_parse)
 
 
@@ -35,7 +39,7 @@ def run_parse(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Tex
     text = stdin.read()
     monitor = Monitor(left=0, top=0, width=args.width, height=args.height)
     try:
-        actions = [to_screen(a, shown_width=args.width, shown_height=args.height, monitor=monitor, mode=args.mode)
+        actions = [to_screen(a, shown_width=args.width, shown_height=args.height, monitor=monitor, mode=args.coords)
                    for a in parse_reply(text)]
     except ActionParseError as exc:
         print(f"error: {exc}", file=stderr)

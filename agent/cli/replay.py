@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 from actions.types import describe
-from agent.cli.environments import add_env_arguments, env_options_from, open_environment
+from agent.cli.environments import add_env_arguments, check_env_arguments, env_options_from, open_environment
+from agent.cli.validate import check_writable_dir, fraction
 from agent.hooks import AgentHooks
 from agent.debug.replay import DEFAULT_TOLERANCE, METRIC, Replayer
-from agent.trajectory import StepRecord
+from agent.trajectory import StepRecord, read_info, read_trajectory
 from envs.base import DisplayError
 
 
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "replay stops when the difference exceeds --tolerance. Exit 0: every step replayed; "
                        "1: diverged, an action failed or stopped; 2: bad run directory or display.")
     p.add_argument("run_dir", type=Path, metavar="DIR", help="a run directory (holds trajectory.jsonl)")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="T",
+    p.add_argument("--tolerance", type=fraction, default=DEFAULT_TOLERANCE, metavar="T",
                    help=f"share of the screen (0..1) allowed to differ before a step (default {DEFAULT_TOLERANCE})")
     p.add_argument("--step", action="store_true", help="pause before each step (execute/edit/skip/continue/stop)")
     p.add_argument("--out", type=Path, help="where the replay's own trajectory goes (default DIR/replay-<time>)")
@@ -38,7 +39,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=replay_command)
 
 
+def recorded_size(run_dir: Path) -> tuple[int, int] | None:
+    """The screen size a run was recorded at: run.json's settings (``--size`` of `run`), else the first step's
+    monitor, else its screenshot; None when nothing says."""
+    try:
+        info = read_info(run_dir)
+    except (OSError, ValueError):
+        info = None
+    size = info.settings.get("size") if info is not None else None
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    try:
+        records = read_trajectory(run_dir)
+    except (OSError, ValueError):
+        return None
+    if not records:
+        return None
+    first = records[0]
+    if first.monitor is not None and first.monitor.left == 0 and first.monitor.top == 0:
+        return first.monitor.width, first.monitor.height
+    return (first.image_width, first.image_height) if first.image_width and first.image_height else None
+
+
 def replay_command(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_writable_dir(args.out, "--out")
+    if args.env == "virtual" and args.size is None:
+        args.size = recorded_size(args.run_dir)  # the desktop the run was recorded on (None: the default)
+    check_env_arguments(args)
     hooks: AgentHooks = ReplayPrinter()
     if args.step:
         from agent.debug.step_through import StepThrough

@@ -6,6 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from agent.cli.validate import port, positive_float, positive_int
 from agent.models import serve as launcher
 
 
@@ -77,23 +78,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--served-model-name", help="name clients use (default e.g. kimi-vl-thinking-2506)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=port, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", help="require this bearer token from clients (passed to vLLM's --api-key)")
-    p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs to shard over (default 1)")
+    p.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="GPUs to shard over (default 1)")
     p.add_argument("--reasoning", action="store_true",
                    help="load kimi-cua's reasoning parser plugin: the thinking arrives in `reasoning`, the answer "
                    "in `content` (needs a vLLM with --reasoning-parser-plugin; 0.32 has it)")
     size = p.add_argument_group("sizing (GPU: from the memory nvidia-smi reports; CPU: 32K context, 2 sequences)")
-    size.add_argument("--gpu-memory-gb", type=float, help="memory of the GPU(s) instead of asking nvidia-smi: "
+    size.add_argument("--gpu-memory-gb", type=positive_float, help="memory of the GPU(s) instead of asking nvidia-smi: "
                       "24 -> 64K context, 4 seqs; 32 -> 128K, 8 seqs; 48+ -> 128K, 16 seqs")
-    size.add_argument("--max-model-len", type=int, help="context tokens (overrides the memory mode)")
-    size.add_argument("--max-images", type=int, help="images per prompt (--limit-mm-per-prompt)")
-    size.add_argument("--max-num-seqs", type=int, help="concurrent sequences")
-    size.add_argument("--max-num-batched-tokens", type=int,
+    size.add_argument("--max-model-len", type=positive_int, help="context tokens (overrides the memory mode)")
+    size.add_argument("--max-images", type=positive_int, help="images per prompt (--limit-mm-per-prompt)")
+    size.add_argument("--max-num-seqs", type=positive_int, help="concurrent sequences")
+    size.add_argument("--max-num-batched-tokens", type=positive_int,
                       help="tokens per prefill step, also vLLM's encoder cache size (default: max(8192, the largest "
                       "screenshot); GPU: the context length)")
     size.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory vLLM may take")
-    size.add_argument("--kv-cache-gb", type=int,
+    size.add_argument("--kv-cache-gb", type=positive_int,
                       help="CPU: KV cache GiB (VLLM_CPU_KVCACHE_SPACE; default: what --max-model-len x "
                       "--max-num-seqs needs)")
     which = p.add_argument_group("which vLLM")
@@ -106,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--vllm-arg", action="append", metavar="ARG",
                        help="extra argument passed to vLLM (repeatable; --vllm-arg=--flag for flags)")
     p.add_argument("--dry-run", action="store_true", help="print the exact command (with its environment) and exit")
-    p.add_argument("--startup-timeout", type=float, default=1800.0, help="seconds to wait for /health (default 1800)")
+    p.add_argument("--startup-timeout", type=positive_float, default=1800.0, help="seconds to wait for /health (default 1800)")
     p.add_argument("--log-file", help="vLLM's output (default: $TMPDIR/kimi-cua-vllm-PORT.log)")
     base = p.add_argument_group("CPU baseline")
     base.add_argument("--baseline", action="store_true", help="serve the built-in OCR grounder instead of vLLM "

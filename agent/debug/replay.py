@@ -163,7 +163,8 @@ class Replayer:
                               image_height=observation.height, thinking=record.thinking, summary=record.summary,
                               action=actions[0] if actions else None, actions=actions, result=overall,
                               results=results, decided_by="replay",
-                              notes=[f"screen difference before the step: {difference:.4f} ({METRIC})"])
+                              notes=[f"screen difference before the step: {difference:.4f} ({METRIC})"],
+                              stopped=(decision.reason or "stopped") if decision.verdict in ("stop", "retry") else None)
         writer.append(replayed)
         self.hooks.on_step_end(replayed)
         result.steps_replayed += 1

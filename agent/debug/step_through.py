@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import math
+import signal
 import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
@@ -33,8 +35,14 @@ HELP = """commands (shortcuts: e execute, ed edit, s skip, r retry, c continue, 
   continue [N]         run this step and the next N-1 without pausing (no N: until a breakpoint)
   break [TYPE]         pause before every TYPE action ({types}); -TYPE removes; no TYPE lists
   think                show the full thinking
-  stop                 end the run here; the trajectory so far is kept
+  stop                 end the run here; the trajectory so far is kept (also: quit, Ctrl-C twice)
   help                 this text"""
+
+CTRL_C_HINT = "^C - press Ctrl-C again or type stop to end the run here (the trajectory so far is kept)"
+
+
+class _PromptInterrupt(Exception):
+    """Ctrl-C while the debugger waits for a command."""
 
 
 if TYPE_CHECKING:
@@ -68,6 +76,7 @@ class StepThrough(AgentHooks):
         # steps to run without pausing (math.inf: until a breakpoint)
         self._free_steps: float = math.inf if run_until_break else 0
         self._renders = 0
+        self._interrupts = 0  # Ctrl-C presses at the current prompt
 
     # ---- hooks -----------------------------------------------------------------------------------
     def on_step_start(self, step: int, observation: Observation) -> None:
@@ -86,7 +95,17 @@ class StepThrough(AgentHooks):
         edited = False
         self._show(context, pending)
         while True:
-            line = self._ask(context.step)
+            try:
+                line = self._ask(context.step)
+            except _PromptInterrupt:
+                self._interrupts += 1
+                if self._interrupts < 2:
+                    self._say(CTRL_C_HINT)
+                    continue
+                self._interrupts = 0
+                self._say(f"Ctrl-C again: stopping the run. {self._kept(context)}")
+                return HookDecision(verdict="stop", reason="Ctrl-C twice in the step-through debugger")
+            self._interrupts = 0
             if line is None:
                 self._say(f"input closed: stopping the run. {self._kept(context)}")
                 return HookDecision(verdict="stop", reason="input closed in the step-through debugger")
@@ -131,6 +150,10 @@ class StepThrough(AgentHooks):
         result = getattr(record, "result", None)
         step = getattr(record, "step", "?")
         if result is None:
+            return
+        stopped = getattr(record, "stopped", None)
+        if stopped and result.skipped:
+            self._say(f"step {step} stopped: not run ({stopped})")
             return
         if result.skipped:
             state = "skipped / not run"
@@ -225,16 +248,42 @@ class StepThrough(AgentHooks):
         """The safety policy's question, asked on the debugger's own input (default no)."""
         self._say(f"safety: step {request.step} wants to {request.description}\n  rule: {request.rule} - "
                   f"{request.reason}")
-        self.out.write("allow it? [y/N] ")
-        self.out.flush()
-        return self.input.readline().strip().lower() in ("y", "yes")
+        try:
+            answer = self._read_line("allow it? [y/N] ")
+        except _PromptInterrupt:
+            self._say("^C - not allowed")
+            return False
+        return answer.strip().lower() in ("y", "yes")
 
     # ---- commands --------------------------------------------------------------------------------
     def _ask(self, step: int) -> str | None:
-        self.out.write(f"[step {step}] command (help)> ")
-        self.out.flush()
-        line = self.input.readline()
+        """One command line, None at end of input; raises _PromptInterrupt on Ctrl-C (SIGINT) at the prompt."""
+        line = self._read_line(f"[step {step}] command (help)> ")
         return None if line == "" else line
+
+    def _read_line(self, prompt: str) -> str:
+        """Show ``prompt`` and read a line. Meanwhile (main thread only) SIGINT raises _PromptInterrupt instead of
+        going to the run's handler (the kill switch would only note it for later, so nothing would show)."""
+
+        def read() -> str:
+            self.out.write(prompt)
+            self.out.flush()
+            return self.input.readline()
+
+        if threading.current_thread() is not threading.main_thread():
+            return read()
+
+        def interrupted(signum: int, frame: object) -> None:
+            raise _PromptInterrupt
+
+        try:
+            previous = signal.signal(signal.SIGINT, interrupted)
+        except ValueError:  # not the main interpreter
+            return read()
+        try:
+            return read()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _go(self, pending: list[Action], edited: bool) -> HookDecision | None:
         if edited:
@@ -295,7 +344,7 @@ class StepThrough(AgentHooks):
 _COMMANDS = {"": "execute", "e": "execute", "x": "execute", "execute": "execute", "ed": "edit", "edit": "edit",
              "s": "skip", "skip": "skip", "r": "retry", "retry": "retry", "c": "continue", "continue": "continue",
              "b": "break", "break": "break", "t": "think", "think": "think", "full": "think", "q": "stop",
-             "stop": "stop", "h": "help", "help": "help", "?": "help"}
+             "stop": "stop", "quit": "stop", "exit": "stop", "h": "help", "help": "help", "?": "help"}
 
 
 def _command(word: str) -> str | None:

@@ -110,15 +110,47 @@ def _free_port(options: LocalRunOptions) -> int:
     raise RuntimeError(f"no free TCP port in {low}-{high}")
 
 
-def _guest_popen(options: LocalRunOptions, task_dir: Path, home: Path) -> Callable[..., subprocess.Popen] | None:
-    """The guest (and everything it launches) inside the task's bubblewrap sandbox, when the run uses one. The guest
-    keeps the host's loopback (the worker reaches it over TCP), so ``--unshare-net`` cannot apply to it."""
-    if not options.sandbox:
-        return None
+def _task_sandbox(options: LocalRunOptions, task_dir: Path, home: Path, **extra: Any):
+    """The task's bubblewrap sandbox (agent.safety.sandbox): the task's HOME, the project read-only and importable,
+    no network unless ``--sandbox-network``."""
     from agent.safety.sandbox import Sandbox
 
-    walls = Sandbox(task_dir / "sandbox", home=home, network=True, read_only=[PROJECT_ROOT]).prepare()
-    return walls.popen
+    return Sandbox(task_dir / "sandbox", home=home, network=options.sandbox_network, read_only=[PROJECT_ROOT],
+                   env={"PYTHONPATH": str(PROJECT_ROOT)}, **extra).prepare()
+
+
+def _sandboxed_popen(options: LocalRunOptions, task_dir: Path, home: Path) -> Callable[..., subprocess.Popen] | None:
+    """Programs started inside the task's sandbox (the window manager), when the run uses one."""
+    return _task_sandbox(options, task_dir, home).popen if options.sandbox else None
+
+
+def _guest_popen(options: LocalRunOptions, task_dir: Path, home: Path,
+                 port: int) -> tuple[Callable[..., subprocess.Popen] | None, Any]:
+    """How the guest starts, and the port bridge it needs (to close after it), when the run uses a sandbox.
+
+    The guest and everything it launches (task apps, task commands) run inside the task's sandbox. Without
+    ``--sandbox-network`` that sandbox has no network (``--unshare-net``: a loopback of its own), so OSWorld's worker
+    reaches the guest's port, and Chrome's and VLC's, through ``agent.safety.bridge``: a listener on the host's
+    127.0.0.1 joined to a unix socket served inside. Nothing inside can connect out."""
+    if not options.sandbox:
+        return None, None
+    if options.sandbox_network:
+        return _task_sandbox(options, task_dir, home).popen, None
+    from agent.safety.bridge import PortBridge
+    from agent.safety.sandbox import Sandbox
+
+    uid = Sandbox(task_dir / "sandbox").uid
+    bridge = PortBridge([port], optional=[options.chromium_port, options.vlc_port], uid=uid).start()
+    try:
+        walls = _task_sandbox(options, task_dir, home, writable=[bridge.folder])
+    except BaseException:
+        bridge.close()
+        raise
+
+    def popen(argv, **kwargs) -> subprocess.Popen:
+        return walls.popen(bridge.wrap(argv), **kwargs)
+
+    return popen, bridge
 
 
 def status_of(agent_status: str, agent_error: str | None, score: float | None) -> str:
@@ -183,6 +215,7 @@ def run_local_task(item: TaskFile, options: LocalRunOptions, runner: TaskRunner 
     own_pool = workers is None
     pool = workers or WorkerPool(options.out_dir)
     guest: GuestProcess | None = None
+    bridge = None
     stage = "starting OSWorld's worker"
     budget = _Budget(options.task_timeout)
     try:
@@ -190,10 +223,12 @@ def run_local_task(item: TaskFile, options: LocalRunOptions, runner: TaskRunner 
         budget = _Budget(options.task_timeout)
         stage = "starting the desktop"
         # The window manager too: its menu starts a terminal, which must not be outside the sandbox.
-        with VirtualDisplay(options.width, options.height, launcher=_guest_popen(options, task_dir, home)) as vd:
+        with VirtualDisplay(options.width, options.height,
+                            launcher=_sandboxed_popen(options, task_dir, home)) as vd:
             stage = "starting the guest"
-            guest = GuestProcess(vd.display, home, _free_port(options),
-                                 popen=_guest_popen(options, task_dir, home), log=task_dir / "guest.log")
+            port = _free_port(options)
+            popen, bridge = _guest_popen(options, task_dir, home, port)
+            guest = GuestProcess(vd.display, home, port, popen=popen, log=task_dir / "guest.log")
             worker = pool.get()
             worker.connect(guest.url, cache_dir=cache, screen_size=(options.width, options.height),
                            chromium_port=options.chromium_port, vlc_port=options.vlc_port,
@@ -224,6 +259,8 @@ def run_local_task(item: TaskFile, options: LocalRunOptions, runner: TaskRunner 
     finally:
         if guest is not None:
             guest.close()
+        if bridge is not None:
+            bridge.close()
         if own_pool:
             pool.close()
     result.seconds = round(time.monotonic() - start, 2)

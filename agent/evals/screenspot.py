@@ -4,14 +4,13 @@
 killed run loses only the requests in flight and a re-run skips what is done. Samples whose request failed
 at the server are not written: the next run retries them. ``DIR/summary.json`` holds ScreenSpot-Pro's
 metric tables (``num_correct_action, num_total, wrong_format_num, action_acc, text_acc, icon_acc``) for the
-whole set and every upstream breakdown; ``DIR/failures.html`` draws the box and the predicted point.
+whole set and every upstream breakdown; ``DIR/failures.html`` (with ``DIR/failures_files/``) draws the box and
+the predicted point of every miss (agent/evals/failures_page.py).
 """
 from __future__ import annotations
 
-import html
 import io
 import itertools
-import os
 import re
 import threading
 import time
@@ -29,6 +28,7 @@ from actions.coords import MixedFramesError, Monitor, OutOfScreenError, reading_
 from actions.types import ActionParseError, action_points
 from agent.models.vllm import ModelClient, ServerError, image_part
 from agent.reply import ModelReply
+from agent.evals.failures_page import write_failures_html
 from agent.evals.screenspot_data import Correctness, Dataset, PredictedPoint, Sample, SampleTags, Target, score
 
 PROMPTS = {"kimi": "grounding_kimi", "screenspot-pro-kimivl": "grounding_sspro"}
@@ -262,18 +262,29 @@ def metrics_of(results: list[SampleResult]) -> Metrics:
         icon_acc=acc([r for r in results if r.ui_type == "icon"]))
 
 
-def breakdown(results: list[SampleResult], fields: list[tuple[str, str]],
-              constants: Iterable[tuple[str, str]] = ()) -> dict[str, Metrics]:
-    """One table per existing combination of ``fields`` ((attribute, key label) pairs), keyed like upstream."""
+def groups(results: list[SampleResult], fields: list[tuple[str, str]],
+           constants: Iterable[tuple[str, str]] = ()) -> dict[str, list[SampleResult]]:
+    """The samples of every existing combination of ``fields`` ((attribute, key label) pairs), keyed like upstream."""
     values = [sorted({str(getattr(r, attr)) for r in results}) for attr, _ in fields]
-    out: dict[str, Metrics] = {}
+    out: dict[str, list[SampleResult]] = {}
     for combo in itertools.product(*values):
         rows = [r for r in results if all(str(getattr(r, attr)) == v for (attr, _), v in zip(fields, combo))]
         if rows:
             key = " ".join([f"{label}:{v}" for (_, label), v in zip(fields, combo)]
                            + [f"{label}:{v}" for label, v in constants])
-            out[key] = metrics_of(rows)
+            out[key] = rows
     return out
+
+
+def breakdown(results: list[SampleResult], fields: list[tuple[str, str]],
+              constants: Iterable[tuple[str, str]] = ()) -> dict[str, Metrics]:
+    """One table per existing combination of ``fields`` ((attribute, key label) pairs), keyed like upstream."""
+    return {key: metrics_of(rows) for key, rows in groups(results, fields, constants).items()}
+
+
+def ui_type_counts(rows: list[SampleResult]) -> dict[str, int]:
+    """How many text and icon samples a table holds (its text_acc / icon_acc mean nothing when 0)."""
+    return {"text": sum(r.ui_type == "text" for r in rows), "icon": sum(r.ui_type == "icon" for r in rows)}
 
 
 class OSWorldGGroup(BaseModel):
@@ -301,25 +312,38 @@ class Summary(BaseModel):
     unfinished: int
     unreadable_images: int = 0  # samples whose image could not be read (counted wrong; see results.jsonl)
     metrics: dict[str, Any]
+    # Text and icon samples of every table in ``metrics`` (same keys): upstream's text_acc / icon_acc are 0 for
+    # a table without such samples, which the printed table shows as "-".
+    ui_type_counts: dict[str, Any] = Field(default_factory=dict)
     osworld_g: dict[str, Any] | None = None
     throughput: dict[str, float] = Field(default_factory=dict)
 
 
-def summarize(dataset: Dataset, results: list[SampleResult], settings: RunSettings, selected: int,
-              throughput: dict[str, float] | None = None) -> Summary:
-    metrics: dict[str, Any] = {"overall": metrics_of(results).model_dump(),
-                               "by_ui_type": _dump(breakdown(results, [("ui_type", "ui_type")]))}
+def breakdown_sections(dataset: Dataset, results: list[SampleResult]) -> dict[str, dict[str, list[SampleResult]]]:
+    """The samples behind every upstream breakdown table of the dataset's layout, by section and key."""
+    sections = {"by_ui_type": groups(results, [("ui_type", "ui_type")])}
     if dataset.layout == "screenspot":
-        metrics["by_split"] = _dump(breakdown(results, [("split", "split")]))
-        metrics["by_data_source"] = _dump(breakdown(results, [("data_source", "source")]))
-        metrics["by_split_and_source"] = _dump(breakdown(results, [("split", "split"), ("data_source", "source")]))
+        sections["by_split"] = groups(results, [("split", "split")])
+        sections["by_data_source"] = groups(results, [("data_source", "source")])
+        sections["by_split_and_source"] = groups(results, [("split", "split"), ("data_source", "source")])
     elif dataset.layout == "pro":
         fixed = [("inst_style", "instruction"), ("gt_type", "positive")]
-        metrics["leaderboard_simple_style"] = _dump(breakdown(results, [("group", "group")]))
-        metrics["leaderboard_detailed_style"] = _dump(breakdown(results, [("application", "app")]))
-        metrics["by_platform"] = _dump(breakdown(results, [("platform", "plat")]))
-        metrics["seeclick_style"] = _dump(breakdown(results, [("platform", "plat")], fixed))
-        metrics["fine_grained"] = _dump(breakdown(results, [("platform", "plat"), ("application", "app")], fixed))
+        sections["leaderboard_simple_style"] = groups(results, [("group", "group")])
+        sections["leaderboard_detailed_style"] = groups(results, [("application", "app")])
+        sections["by_platform"] = groups(results, [("platform", "plat")])
+        sections["seeclick_style"] = groups(results, [("platform", "plat")], fixed)
+        sections["fine_grained"] = groups(results, [("platform", "plat"), ("application", "app")], fixed)
+    return sections
+
+
+def summarize(dataset: Dataset, results: list[SampleResult], settings: RunSettings, selected: int,
+              throughput: dict[str, float] | None = None) -> Summary:
+    sections = breakdown_sections(dataset, results)
+    metrics: dict[str, Any] = {"overall": metrics_of(results).model_dump()}
+    counts: dict[str, Any] = {"overall": ui_type_counts(results)}
+    for name, tables in sections.items():
+        metrics[name] = {key: metrics_of(rows).model_dump() for key, rows in tables.items()}
+        counts[name] = {key: ui_type_counts(rows) for key, rows in tables.items()}
     osworld = None
     if dataset.layout == "osworld-g":
         correct = sum(r.correct for r in results)
@@ -332,11 +356,7 @@ def summarize(dataset: Dataset, results: list[SampleResult], settings: RunSettin
     return Summary(benchmark=dataset.benchmark, data=settings.data, prompt=settings.prompt, model=settings.model,
                    selected=selected, finished=len(results), unfinished=selected - len(results),
                    unreadable_images=sum(r.unreadable for r in results), metrics=metrics,
-                   osworld_g=osworld, throughput=throughput or {})
-
-
-def _dump(tables: dict[str, Metrics]) -> dict[str, Any]:
-    return {k: v.model_dump() for k, v in tables.items()}
+                   ui_type_counts=counts, osworld_g=osworld, throughput=throughput or {})
 
 
 def format_table(summary: Summary) -> str:
@@ -346,15 +366,21 @@ def format_table(summary: Summary) -> str:
     lines = [title, "",
              "| table | n | accuracy | text | icon | wrong format |", "|---|---:|---:|---:|---:|---:|"]
 
-    def row(name: str, m: dict[str, Any]) -> str:
-        return (f"| {name} | {m['num_total']} | {100 * m['action_acc']:.2f} | {100 * m['text_acc']:.2f} | "
-                f"{100 * m['icon_acc']:.2f} | {m['wrong_format_num']} |")
+    def share(value: float, samples: int | None) -> str:
+        return "-" if samples == 0 else f"{100 * value:.2f}"  # None: a summary without counts (older runs)
 
-    lines.append(row("overall", summary.metrics["overall"]))
+    def row(name: str, m: dict[str, Any], counts: dict[str, int] | None) -> str:
+        counts = counts or {}
+        return (f"| {name} | {m['num_total']} | {100 * m['action_acc']:.2f} | "
+                f"{share(m['text_acc'], counts.get('text'))} | {share(m['icon_acc'], counts.get('icon'))} | "
+                f"{m['wrong_format_num']} |")
+
+    lines.append(row("overall", summary.metrics["overall"], summary.ui_type_counts.get("overall")))
     for section, tables in summary.metrics.items():
         if section in ("overall", "fine_grained", "seeclick_style", "by_split_and_source"):
             continue
-        lines.extend(row(key, m) for key, m in tables.items())
+        section_counts = summary.ui_type_counts.get(section) or {}
+        lines.extend(row(key, m, section_counts.get(key)) for key, m in tables.items())
     if summary.osworld_g and "accuracy_dict_group" in summary.osworld_g:
         lines += ["", "| OSWorld-G class | n | correct | accuracy |", "|---|---:|---:|---:|"]
         for cls, g in summary.osworld_g["accuracy_dict_group"].items():
@@ -365,41 +391,6 @@ def format_table(summary: Summary) -> str:
     if summary.unfinished:
         lines += ["", f"{summary.unfinished} sample(s) unfinished (server errors): re-run the same command to retry"]
     return "\n".join(lines)
-
-
-# ---- failures page ---------------------------------------------------------------------------------
-def write_failures_html(path: Path, results: list[SampleResult], *, limit: int = 500) -> int:
-    """An HTML page of failed samples: screenshot (relative path) with the target and the prediction drawn."""
-    failed = [r for r in results if not r.correct]
-    cards = []
-    for r in failed[:limit]:
-        w, h = r.image_size
-        href = html.escape(os.path.relpath(r.image, path.parent))
-        shapes = []
-        outline = r.target.outline()
-        if outline:
-            pts = " ".join(f"{x:g},{y:g}" for x, y in outline)
-            shapes.append(f'<polygon points="{pts}" fill="rgba(0,200,0,0.15)" stroke="#0a0" stroke-width="3" '
-                          'vector-effect="non-scaling-stroke"/>')
-        if r.point is not None:
-            x, y = r.point
-            shapes.append(f'<circle cx="{x:g}" cy="{y:g}" r="{max(w, h) / 120:g}" fill="none" stroke="#e00" '
-                          'stroke-width="3" vector-effect="non-scaling-stroke"/>'
-                          f'<circle cx="{x:g}" cy="{y:g}" r="{max(w, h) / 400:g}" fill="#e00"/>')
-        answer = html.escape(r.answer[-600:])
-        cards.append(
-            f'<section><h3>{html.escape(r.id)} - {r.correctness}</h3><p>{html.escape(r.instruction)}</p>'
-            f'<p class="meta">target {r.target.kind}; point {r.point}; {html.escape(r.error or "")}</p>'
-            f'<svg viewBox="0 0 {w} {h}" width="100%"><image href="{href}" width="{w}" height="{h}"/>'
-            f'{"".join(shapes)}</svg><pre>{answer}</pre></section>')
-    more = f"<p>{len(failed) - limit} more failures not shown.</p>" if len(failed) > limit else ""
-    page = ("<!doctype html><meta charset='utf-8'><title>grounding failures</title><style>body{font:14px sans-serif;"
-            "max-width:1100px;margin:auto}section{border-bottom:1px solid #ccc;padding:8px 0}.meta{color:#666}"
-            "pre{white-space:pre-wrap;background:#f6f6f6;padding:6px}</style>"
-            f"<h1>{len(failed)} failures of {len(results)}</h1><p>green: target; red: predicted point</p>"
-            + "".join(cards) + more)
-    path.write_text(page, encoding="utf-8")
-    return len(failed)
 
 
 # ---- the run ---------------------------------------------------------------------------------------
@@ -497,7 +488,8 @@ def run_eval(dataset: Dataset, samples: list[Sample], out: Path, clients: list[M
     throughput = {"seconds": round(elapsed, 3), "samples_per_s": round(new / elapsed, 3) if elapsed > 0 else 0.0}
     summary = summarize(dataset, finished, settings, len(samples), throughput)
     (out / SUMMARY_FILE).write_text(summary.model_dump_json(indent=2), encoding="utf-8")
-    write_failures_html(out / FAILURES_FILE, finished)
+    write_failures_html(out / FAILURES_FILE, finished,
+                        title=f"{dataset.benchmark}, model {settings.model}, prompt {settings.prompt}")
     return RunOutcome(summary=summary, new_results=new, errors=errors)
 
 

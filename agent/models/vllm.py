@@ -128,6 +128,24 @@ class Overflow(BaseModel):
     max_input_tokens: int | None = None
 
 
+class NotAnOpenAIServer(RequestRefused):
+    """The URL answers HTTP, but not as an OpenAI-compatible API (a web page, a 404 for the API's routes):
+    a wrong port or a base URL without /v1."""
+
+
+_MODEL_MISSING_RE = re.compile(r"\bmodel\b.*\b(does not exist|not found|unknown|not served)|unknown model|no such model",
+                               re.IGNORECASE | re.DOTALL)
+_HTML_RE = re.compile(r"^\s*<(!doctype\s+html|html|head|body|\?xml)", re.IGNORECASE)
+
+
+def not_openai(where: str, status: int, message: str) -> NotAnOpenAIServer:
+    html = bool(_HTML_RE.match(message))
+    what = "a web page" if html else (_PARAM_SUFFIX_RE.sub("", message).strip().splitlines() or [""])[0][:80]
+    hint = "" if where.rstrip("/").endswith("/v1") else f" (did you mean {where.rstrip('/')}/v1?)"
+    return NotAnOpenAIServer(f"{where} is not an OpenAI-compatible server (HTTP {status}: {what}); check --base-url "
+                             f"(port, /v1){hint}", status=status, server_message=message)
+
+
 class ContextLengthExceeded(RequestRefused):
     """The prompt (or prompt + max_tokens, on servers that refuse that) does not fit ``max_model_len``."""
 
@@ -266,6 +284,8 @@ def image_limit_of(message: str) -> int | None:
 def classify_refusal(status: int, message: str, where: str) -> RequestRefused:
     """The typed error for a 4xx answer (or a 4xx error inside an event stream) from the server at ``where``."""
     shown = _PARAM_SUFFIX_RE.sub("", message).strip()
+    if _HTML_RE.match(message):
+        return not_openai(where, status, message)
     if m := _ENCODER_CACHE_RE.search(message):
         tokens, cache = int(m.group("tokens")), int(m.group("cache"))
         return EncoderCacheTooSmall(
@@ -305,9 +325,13 @@ def classify_refusal(status: int, message: str, where: str) -> RequestRefused:
             f"vLLM at {where} refused the request: more images than --limit-mm-per-prompt={limit}; "
             "lower --max-images or restart vLLM with a larger limit", status=status, server_message=message,
             limit=limit)
-    if status == 404 and "model" in message.lower():
-        return RequestRefused(f"{where} does not serve that model ({shown[:300]}); check --model",
-                              status=status, server_message=message)
+    if status == 404:
+        if _MODEL_MISSING_RE.search(message):
+            return RequestRefused(f"{where} does not serve that model ({shown[:300]}); check --model",
+                                  status=status, server_message=message)
+        return not_openai(where, status, message)
+    if status == 405:
+        return not_openai(where, status, message)
     if status in (401, 403):
         return RequestRefused(f"{where} rejected the credentials (HTTP {status}): pass --api-key",
                               status=status, server_message=message)
@@ -651,6 +675,9 @@ class VLLMClient:
         try:
             return json.loads(raw)
         except ValueError:
+            text = raw.decode("utf-8", "replace")
+            if what == "GET /models" and _HTML_RE.match(text):  # a web page for the model list: a wrong URL
+                raise not_openai(self.base_url, 200, text) from None
             raise _Transient(f"{self.base_url} answered {what} with something that is not JSON: "
                              f"{_short(raw.decode('utf-8', 'replace'))}") from None
 

@@ -10,7 +10,9 @@ What it protects:
   there): ``rm -rf /``, writes into /etc or /boot, ``chmod -R`` on system paths fail;
 - the user's files are not there at all: HOME and /tmp are private folders of the run (``<out>/sandbox/home`` and
   ``<out>/sandbox/tmp``, or the task's own HOME for ``eval local``); other folders of the host do not exist inside;
-- no network unless asked (``--sandbox-network``): downloads fail;
+- no network unless asked (``--sandbox-network``): a loopback of its own, so downloads fail and nothing listening
+  on the host's 127.0.0.1 can be reached (``eval local``'s worker reaches its guest inside through
+  ``agent.safety.bridge``, host to sandbox only);
 - its own process tree (pid namespace): ``kill -9 -1`` or ``pkill`` reach only the sandbox; the process count is
   capped (a fork bomb stops at the cap), and everything inside dies with the program that was launched;
 - not root: as root, programs inside run as an unprivileged uid with no capabilities; ``sudo`` cannot work;
@@ -57,7 +59,9 @@ class Sandbox:
     ``root``: a host folder for the private ``home`` and ``tmp`` (created); ``home``: put HOME somewhere else
     (``eval local`` uses the task's HOME, at the same path inside and out, so evaluators read it directly).
     ``display``: the X display to let through (its socket only). ``read_only``: more host paths visible read-only
-    (the Python interpreter, the task apps). ``uid``: the unprivileged uid used when kimi-cua runs as root.
+    (the Python interpreter, the task apps). ``writable``: host folders visible read-write at the same path (the
+    unix sockets of ``agent.safety.bridge``). ``env``: more variables inside (``PYTHONPATH`` of the project). ``uid``:
+    the unprivileged uid used when kimi-cua runs as root.
     """
 
     root: Path
@@ -65,6 +69,8 @@ class Sandbox:
     network: bool = False
     home: Path | None = None
     read_only: list[Path] = field(default_factory=list)
+    writable: list[Path] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     max_processes: int = 512
     uid: int = field(default_factory=lambda: int(os.environ.get("KIMI_CUA_SANDBOX_UID", "65534")))
 
@@ -91,6 +97,7 @@ class Sandbox:
                "SHELL": "/bin/bash", "USER": "sandbox", "LOGNAME": "sandbox", "LANG": os.environ.get("LANG", "C.UTF-8")}
         if self.display:
             env["DISPLAY"] = self.display
+        env.update(self.env)
         return env
 
     def command(self, argv: Sequence[str] | str, *, as_shell: bool = False) -> list[str]:
@@ -124,6 +131,9 @@ class Sandbox:
         args += ["--bind", str(self.tmp), "/tmp", *parents(str(self.home)), "--bind", str(self.home), str(self.home)]
         for path in self._read_only_paths():
             args += [*parents(path), "--ro-bind", path, path]
+        for folder in self.writable:
+            text = str(Path(folder).resolve())
+            args += [*parents(text), "--bind", text, text]
         args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/run", "--tmpfs", "/var/tmp"]
         if self.display:
             socket = f"/tmp/.X11-unix/X{self.display.lstrip(':').split('.')[0]}"

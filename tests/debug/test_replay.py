@@ -142,6 +142,9 @@ def test_step_mode_replay_takes_commands_and_can_skip_a_step(recorded, app, xdis
     assert "input closed: stopping" in proc.stderr
     assert read_state(app)["pressed"] == 0  # skipped
     assert read_state(app)["sent"] == ["hello"]
+    replayed = [json.loads(line) for line in (tmp_path / "replayed" / "trajectory.jsonl").read_text().splitlines()]
+    assert replayed[-1]["stopped"] == "input closed in the step-through debugger"  # the report shows it stopped
+    assert not any(r["stopped"] for r in replayed[:-1])
 
 
 def test_replay_exits_2_for_a_directory_that_is_not_a_run(xdisplay, tmp_path):

@@ -16,11 +16,12 @@ import pytest
 from PIL import Image
 
 from actions.coords import Monitor
-from actions.types import Click, Drag, Point
+from actions.types import Click, Done, Drag, Fail, Point
 from agent.cli import report as cmd_report
 from agent.debug.annotate import annotate, image_point
-from agent.debug.report import build_report, write_gif, write_report
-from agent.trajectory import read_trajectory
+from agent.debug.report import build_report, step_kind, write_gif, write_report
+from agent.trajectory import RetriedAnswer, RunInfo, StepRecord, TrajectoryWriter, read_trajectory
+from envs.base import ActionResult
 from tests.e2e_support import (
     DONE,
     centre,
@@ -136,8 +137,11 @@ def test_report_shows_thinking_summary_actions_and_escapes_model_text(recorded_r
     assert "could not parse the answer" in page
     assert records[0].usage.prompt_tokens > 0
     assert f"{records[0].usage.prompt_tokens:,} prompt, {records[0].usage.completion_tokens:,} reply" in page
-    assert "model_ms" in page
+    assert "<td>model reply</td>" in page and "<td>model_ms</td>" not in page  # labels, not raw keys
     assert page.count('src="data:image/jpeg;base64,') == 3
+    # each screenshot opens at full size: a link to the run's own file
+    assert page.count('<a class="shot" href="step_0001.png"') == 1
+    assert "full size (1280x720)" in page
 
 
 def test_report_marks_a_missing_screenshot_instead_of_a_broken_image(recorded_run, tmp_path):
@@ -194,3 +198,122 @@ def test_annotation_draws_a_drag_as_a_line_from_start_to_end():
     assert drawn.height > 300  # caption strip
     along = [drawn.getpixel((x, 150)) for x in range(80, 320, 20)]
     assert all(p != (255, 255, 255) for p in along)
+
+
+# ---- what each step says (runs written directly: no display needed) ------------------------------------
+def write_run(root: Path, records: list[StepRecord], status: str = "fail", resumed_at: int | None = None) -> Path:
+    writer = TrajectoryWriter(root)
+    for record in records:
+        Image.new("RGB", (320, 200), (250, 250, 250)).save(root / record.screenshot)
+        writer.append(record)
+    writer.write_info(RunInfo(task="a task", status=status, steps=len(records), resumed_at_step=resumed_at))
+    writer.close()
+    return root
+
+
+def record(step: int, actions: list, results: list[ActionResult] | None = None, **extra) -> StepRecord:
+    results = results if results is not None else [ActionResult(settle_ms=100.0 * step) for _ in actions]
+    overall = next((r for r in results if not r.ok), results[-1] if results else ActionResult(skipped=True))
+    return StepRecord(step=step, screenshot=f"step_{step:04d}.png", image_width=320, image_height=200,
+                      action=actions[0] if actions else None, actions=actions, result=overall, results=results,
+                      **extra)
+
+
+def section(page: str, step: int) -> str:
+    start = page.index(f'id="step-{step}"')
+    end = page.find("<section", start)
+    return page[start:end if end > 0 else len(page)]
+
+
+def timeline_cell(page: str, step: int) -> str:
+    return re.search(rf'<a class="([a-z]+)" href="#step-{step}"[^>]*>(.*?)</a>', page).group(0)
+
+
+def test_a_final_fail_shows_as_failed_not_as_a_green_chip(tmp_path):
+    run = write_run(tmp_path / "run", [
+        record(1, [Click(at=Point(x=10, y=10))]),
+        record(2, [Fail(reason="the file does not exist")], [ActionResult()]),
+    ])
+    page = build_report(run)
+    assert 'class="failed" href="#step-2"' in timeline_cell(page, 2)
+    assert 'class="done"' not in page
+    assert '<span class="badge failed">failed</span>' in section(page, 2)
+    assert "the agent gave up (fail): the file does not exist" in section(page, 2)
+    assert step_kind(read_trajectory(run)[1]) == "failed"
+
+
+def test_a_stopped_step_is_not_a_green_done_and_a_finished_done_is(tmp_path):
+    run = write_run(tmp_path / "run", [
+        record(1, [Done(answer="42")], [], stopped="stopped in the step-through debugger"),
+    ], status="stopped")
+    page = build_report(run)
+    cell = timeline_cell(page, 1)
+    assert 'class="stopped"' in cell and cell.endswith("1<br>stopped</a>")
+    assert "stopped here, not run: stopped in the step-through debugger" in section(page, 1)
+    assert 'class="step stopped"' in page
+    done = write_run(tmp_path / "done", [record(1, [Done(answer="42")], [ActionResult()])], status="done")
+    page = build_report(done)
+    assert 'class="done" href="#step-1"' in page and "<div class=\"result\">done: 42" in page
+
+
+def test_an_old_trajectory_stop_note_still_reads_as_stopped(tmp_path):
+    run = write_run(tmp_path / "run", [record(1, [Done()], [], notes=["stop: input closed"])], status="stopped")
+    assert step_kind(read_trajectory(run)[0]) == "stopped"
+
+
+def test_the_resume_is_marked_where_the_run_was_stopped(tmp_path):
+    run = write_run(tmp_path / "run", [
+        record(1, [Click(at=Point(x=10, y=10))]),
+        record(2, [Click(at=Point(x=20, y=10))], [], stopped="kill switch: SIGINT received"),
+        record(3, [Click(at=Point(x=30, y=10))], resumed=True),
+        record(4, [Done()], [ActionResult()]),
+    ], status="done")
+    page = build_report(run)
+    mark = page.index('class="resume-mark" id="resumed-3"')
+    assert page.index('id="step-2"') < mark < page.index('id="step-3"')
+    assert "The run stopped after step 2 (kill switch: SIGINT received) and was resumed here" in page
+    nav = page[page.index('<nav class="timeline"'):page.index("</nav>")]
+    assert nav.index("#step-2") < nav.index('<span class="resume"') < nav.index("#step-3")
+    assert page.count('class="resume-mark"') == 1
+
+
+def test_an_older_run_is_marked_from_run_json(tmp_path):
+    run = write_run(tmp_path / "run", [record(1, [Click(at=Point(x=1, y=1))]), record(2, [Done()], [ActionResult()])],
+                    status="done", resumed_at=2)
+    assert 'id="resumed-2"' in build_report(run)
+
+
+def test_the_retry_hint_typed_in_the_debugger_is_shown(tmp_path):
+    retried = RetriedAnswer(hint="the <button> is at the top", reason="asked again in the step-through debugger",
+                            summary="Click the middle.", actions=[Click(at=Point(x=160, y=100))])
+    run = write_run(tmp_path / "run", [record(1, [Click(at=Point(x=160, y=20))], retries=[retried])])
+    step = section(build_report(run), 1)
+    assert "asked again (1)" in step
+    assert 'hint: "the &lt;button&gt; is at the top"' in step
+    assert "discarded answer: click (160, 100)" in step
+
+
+def test_settle_time_is_shown_under_its_own_step_with_readable_labels(tmp_path):
+    first = record(1, [Click(at=Point(x=10, y=10))], [ActionResult(settle_ms=432.0)],
+                   timings={"observe_ms": 12.7, "model_ms": 2345.0, "execute_ms": 500.0, "settle_ms": 432.0})
+    # an older trajectory: step 2 carries the observation's "settle" (step 1's wait), and no settle_ms of its own
+    second = record(2, [Click(at=Point(x=20, y=10))], [ActionResult(settle_ms=77.0)],
+                    timings={"observe_ms": 3.0, "grab": 0.0, "settle": 432.0, "encode": 2.0, "model_ms": 800.0})
+    page = build_report(write_run(tmp_path / "run", [first, second, record(3, [Done()], [ActionResult()])]))
+    one, two = section(page, 1), section(page, 2)
+    assert "<td>screen settle</td><td>432 ms</td>" in one
+    assert "<td>model reply</td><td>2.35 s</td>" in one
+    assert "<td>screenshot (grab + encode)</td><td>13 ms</td>" in one
+    assert "432" not in two and "<td>screen settle</td><td>77 ms</td>" in two
+    assert "_ms</td>" not in page
+
+
+def test_full_size_links_point_at_the_screenshots_from_wherever_the_page_is_written(tmp_path):
+    run = write_run(tmp_path / "my run", [record(1, [Done()], [ActionResult()])], status="done")
+    inside = write_report(run).read_text(encoding="utf-8")
+    assert 'href="step_0001.png"' in inside and "full size (320x200)" in inside
+    elsewhere = write_report(run, tmp_path / "pages" / "r.html").read_text(encoding="utf-8")
+    href = re.search(r'<a class="shot" href="([^"]+)"', elsewhere).group(1)
+    assert href == "../my%20run/step_0001.png"
+    from urllib.parse import unquote
+    assert ((tmp_path / "pages") / unquote(href)).resolve() == (run / "step_0001.png").resolve()

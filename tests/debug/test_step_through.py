@@ -8,11 +8,14 @@ The child is the real ``kimi-cua run ... --step``.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import select
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -188,9 +191,12 @@ def test_retry_sends_the_hint_to_the_model_and_skip_runs_nothing(app, terminal, 
         term.expect(r"=== step 1/3 ===")  # the same step, asked again
         term.expect(r"\[step 1\] command")
         term.send("skip")
+        term.expect(r"step 1/3 \| click \(\d+, \d+\) \| skipped, not run \|")  # the step line says so, not "ok"
         term.expect(r"step 1 done: skipped")
         term.expect(r"\[step 2\] command")
         term.send("q")
+        term.expect(r"step 2/3 \| click \(\d+, \d+\) \| stopped, not run \(stopped in the step-through debugger\)")
+        term.expect(r"step 2 stopped: not run")
         assert term.wait() == 1
         requests = list(server.requests)
     assert len(requests) == 3
@@ -200,8 +206,77 @@ def test_retry_sends_the_hint_to_the_model_and_skip_runs_nothing(app, terminal, 
     steps = trajectory(out)
     assert [s["step"] for s in steps] == [1, 2]
     assert steps[0]["result"]["skipped"] and all(r["skipped"] for r in steps[0]["results"])
+    # the hint typed in the debugger is in the trajectory, with the answer it replaced
+    assert [(r["hint"], r["reason"]) for r in steps[0]["retries"]] == [
+        ("the button is at the top", "asked again in the step-through debugger")]
+    assert steps[0]["retries"][0]["actions"][0]["type"] == "click"
+    assert steps[1]["stopped"] == "stopped in the step-through debugger" and not steps[0]["stopped"]
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "stopped" and info["steps"] == 2
+
+
+def test_ctrl_c_at_the_prompt_says_what_to_do_and_twice_stops_cleanly(app, terminal, tmp_path):
+    out = tmp_path / "run"
+    with LoopbackServer(click_button(app)) as server:
+        term = terminal(server, out)
+        term.expect(r"\[step 1\] command")
+        os.kill(term.proc.pid, signal.SIGINT)  # what Ctrl-C sends (the test's terminal is not the child's tty)
+        term.expect(r"press Ctrl-C again or type stop to end the run here")
+        term.expect(r"\[step 1\] command")
+        term.send("bogus")  # the prompt still works, and a command in between starts the count again
+        term.expect(r"unknown command 'bogus'")
+        term.expect(r"\[step 1\] command")
+        os.kill(term.proc.pid, signal.SIGINT)
+        term.expect(r"press Ctrl-C again")
+        term.expect(r"\[step 1\] command")
+        os.kill(term.proc.pid, signal.SIGINT)
+        term.expect(r"Ctrl-C again: stopping the run")
+        term.expect(r"step 1 stopped: not run")
+        assert term.wait() == 1
+    assert read_state(app)["pressed"] == 0
+    steps = trajectory(out)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "stopped" and info["steps"] == len(steps) == 1
+    assert steps[0]["stopped"] == "Ctrl-C twice in the step-through debugger"
+
+
+def test_ctrl_c_while_the_debugger_waits_in_process(tmp_path):
+    """The prompt's own SIGINT handling, without a terminal: a pipe for input, signals sent to this process."""
+    from actions.coords import Monitor
+    from actions.types import Click, Point
+    from agent.debug.step_through import StepThrough
+    from agent.hooks import StepContext
+    from envs.base import Observation, ScreenGeometry
+
+    read_fd, write_fd = os.pipe()
+    shown = io.StringIO()
+    geometry = ScreenGeometry(monitor=Monitor(width=64, height=40), screen_width=64, screen_height=40)
+    context = StepContext(step=1, max_steps=3, reply=None, actions=[Click(at=Point(x=5, y=5))],
+                          observation=Observation(image=b"", width=64, height=40, geometry=geometry))
+    before = signal.getsignal(signal.SIGINT)
+    with os.fdopen(read_fd) as commands, os.fdopen(write_fd, "w") as typing:
+        debugger = StepThrough(commands, shown)
+        pid = os.getpid()
+        threading.Timer(0.3, os.kill, (pid, signal.SIGINT)).start()  # once: a hint, the prompt again
+        threading.Timer(0.8, lambda: (typing.write("execute\n"), typing.flush())).start()
+        assert debugger.before_action(context) is None  # then "execute" runs the action
+        assert "press Ctrl-C again or type stop" in shown.getvalue()
+        assert shown.getvalue().count("[step 1] command") == 2
+        assert signal.getsignal(signal.SIGINT) is before  # the run's handler is back once the prompt returns
+        threading.Timer(0.3, os.kill, (pid, signal.SIGINT)).start()
+        threading.Timer(0.7, os.kill, (pid, signal.SIGINT)).start()
+        decision = debugger.before_action(context)
+        assert decision is not None and decision.verdict == "stop"
+        assert signal.getsignal(signal.SIGINT) is before
+        # Ctrl-C at the safety question refuses the action
+        from agent.safety.policy import ConfirmRequest
+
+        threading.Timer(0.3, os.kill, (pid, signal.SIGINT)).start()
+        request = ConfirmRequest(step=1, action=Click(at=Point(x=5, y=5)), description="click (5, 5)", rule="r",
+                                 reason="a test")
+        assert debugger.confirm(request) is False
+        assert "^C - not allowed" in shown.getvalue()
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_continue_runs_n_steps_then_pauses_and_breakpoints_pause_a_free_run(app, terminal, tmp_path):
@@ -269,3 +344,8 @@ def test_closing_the_input_stops_the_run_and_keeps_the_trajectory(app, terminal,
     assert proc.returncode == 0, proc.stderr
     assert read_state(app)["pressed"] == 1
     assert [s["step"] for s in trajectory(out)] == [1, 2, 3]
+    assert [s["resumed"] for s in trajectory(out)] == [False, True, False]
+    from agent.debug.report import build_report
+
+    page = build_report(out)  # the report marks where the run was stopped and resumed
+    assert "The run stopped after step 1 (input closed in the step-through debugger) and was resumed here" in page

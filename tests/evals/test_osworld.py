@@ -189,10 +189,11 @@ def test_eval_local_end_to_end_with_preflight_bad_files_and_resume(tmp_path):
     (tasks / "os" / "broken.json").write_text("{")
     out = tmp_path / "out"
     os.environ.setdefault("KIMI_CUA_DISPLAYS", "90-99")
-    # --no-sandbox: with the project or its Python under /tmp (a CI clone in mktemp -d), the editor launched by
-    # this task's setup never shows its window inside the sandbox (known, open); the sandbox itself is proven by
-    # tests/safety/test_sandbox.py and tests/safety/test_entry_points.py.
-    args = ["eval", "local", str(tasks), "--out", str(out), "--no-sandbox", "--max-steps", "6", "--ports", f"{PORTS.start}-{PORTS.stop - 1}"]
+    # The default sandbox, network off: the worker reaches the guest through agent.safety.bridge. Chrome's and VLC's
+    # bridged ports come from the test range too (the guests' ports skip them).
+    args = ["eval", "local", str(tasks), "--out", str(out), "--max-steps", "6", "--size", "1280x720",
+            "--ports", f"{PORTS.start}-{PORTS.stop - 1}",
+            "--chromium-port", str(PORTS.stop - 1), "--vlc-port", str(PORTS.stop - 2)]
     with LoopbackServer(_editor_policy("Buy milk")) as server:
         first = run_cli([*args, "--base-url", server.base_url], timeout=300)
         first_requests = len(server.requests)

@@ -139,10 +139,16 @@ def test_pro_accuracy_and_every_breakdown_match_the_upstream_rules(tmp_path: Pat
     assert rows["word-0"]["correctness"] == "wrong_format" and rows["word-0"]["point"] is None
     assert all(r["latency_ms"] >= 0 and r["answer"] for r in lines)
     page = (out / "failures.html").read_text()
-    assert page.count("<section>") == 5 and "gimp-1" in page and "vscode-0" not in page
+    assert page.count('<section class="miss"') == 5 and "gimp-1" in page and "vscode-0" not in page
     printed = capsys.readouterr().out
     assert "| overall | 10 | 50.00 | 66.67 | 25.00 | 3 |" in printed
     assert "| group:Dev | 3 | 100.00 | 100.00 | 100.00 | 0 |" in printed
+    # a table without text (or icon) samples has no text (icon) accuracy: "-", not 0.00
+    assert "| ui_type:icon | 4 | 25.00 | - | 25.00 | 2 |" in printed
+    assert "| ui_type:text | 6 | 66.67 | 66.67 | - | 1 |" in printed
+    assert summary["ui_type_counts"]["overall"] == {"text": 6, "icon": 4}
+    assert summary["ui_type_counts"]["by_ui_type"]["ui_type:icon"] == {"text": 0, "icon": 4}
+    assert summary["ui_type_counts"]["leaderboard_simple_style"]["group:Office"] == {"text": 3, "icon": 1}
 
 
 def test_the_screenspot_pro_prompt_sends_its_system_message(tmp_path: Path) -> None:

@@ -234,3 +234,49 @@ def test_kimi_cua_run_with_the_baseline_presses_the_button_and_finishes(xdisplay
     steps = [json.loads(line) for line in (out / "trajectory.jsonl").read_text().splitlines()]
     assert [s["action"]["type"] for s in steps] == ["click", "done"]
     assert steps[0]["usage"]["prompt_tokens"] < 5000  # images counted by Kimi-VL's rule, not by base64 length
+
+
+# ---- kimi-cua's own message layout (issue 19): the task and the step line in one message; a skipped step -------
+def agent_messages(task: str, png: bytes, steps: list[tuple[str, str]] = (), note: str = "") -> list[dict]:
+    """Messages as kimi-cua's loop lays them out: the task opens the first user message, each user message ends
+    with the step line (prompts/step.txt), earlier answers are assistant messages."""
+    from prompts import render
+
+    def step_text(n: int, extra: str = "") -> str:
+        return render("step", step=n, max_steps=20, width=1280, height=720, note=extra)
+
+    messages: list[dict] = [{"role": "system", "content": "You are a GUI agent."}]
+    lead = [{"type": "text", "text": render("task", task=task)}]
+    for n, (_user, answer) in enumerate(steps, 1):
+        messages.append({"role": "user", "content": lead + [image_part(png, "image/png"),
+                                                            {"type": "text", "text": step_text(n)}]})
+        messages.append({"role": "assistant", "content": answer})
+        lead = []
+    messages.append({"role": "user", "content": lead + [image_part(png, "image/png"),
+                                                        {"type": "text", "text": step_text(len(steps) + 1, note)}]})
+    return messages
+
+
+def test_the_task_not_the_step_line_is_the_instruction_when_both_arrive_in_one_message(client, screen):
+    png, boxes = screen
+    from agent.models.baseline.server import instruction_text
+
+    messages = agent_messages("Press the Submit button", png)
+    assert instruction_text(messages) == "Press the Submit button"
+    kind, x, y = point_in_pixels(client.complete(messages).text, (1280, 720))
+    assert kind == "click" and inside(x, y, boxes["Submit"])
+
+
+def test_after_a_skip_the_grounder_clicks_again_instead_of_claiming_the_click(client, screen):
+    png, boxes = screen
+    first = client.complete(agent_messages("Press the Submit button", png)).text
+    answered = [("", first)]
+    # the click ran: the same answer again means the one-shot grounder is done
+    assert 'terminate(status="success")' in client.complete(agent_messages("Press the Submit button", png,
+                                                                           answered)).text
+    # the click was skipped in the debugger: the loop says so, and the grounder clicks again
+    skipped = "\nYour previous action (click (1130, 670)) was skipped by the user and did not run."
+    again = client.complete(agent_messages("Press the Submit button", png, answered, note=skipped)).text
+    kind, x, y = point_in_pixels(again, (1280, 720))
+    assert kind == "click" and inside(x, y, boxes["Submit"]) and "terminate" not in again
+

@@ -118,26 +118,37 @@ def _text_of(message: dict[str, Any]) -> str:
     return ""
 
 
-_STEP_MESSAGE = re.compile(r"^Step \d+ of at most \d+\.")  # kimi-cua's per-step user text (prompts/step.txt)
+# kimi-cua's per-step user text (prompts/step.txt), alone or after the task in the same message
+_STEP_MESSAGE = re.compile(r"^\s*Step \d+ of at most \d+\.", re.MULTILINE)
+# what kimi-cua tells the model when the previous action did not run (skipped in the debugger, refused, ...)
+_NOT_RUN = re.compile(r"\b(was skipped|did not run|was not run|were not run|not executed)\b", re.IGNORECASE)
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    return next((_text_of(m) for m in reversed(messages) if m.get("role") == "user" and _text_of(m).strip()), "")
 
 
 def instruction_text(messages: list[dict[str, Any]]) -> str:
     """The text of the last user message that has any (where grounding benchmarks and most agents put the
-    instruction); when that is kimi-cua's per-step message, the ``Task: ...`` line of the first user message."""
-    last = next((_text_of(m) for m in reversed(messages) if m.get("role") == "user" and _text_of(m).strip()), "")
-    if _STEP_MESSAGE.match(last.strip()):
+    instruction); when that holds kimi-cua's per-step line (alone, or after the task in one message), the task:
+    the ``Task: ...`` line of the first user message that has one, never the step line."""
+    last = _last_user_text(messages)
+    if _STEP_MESSAGE.search(last):
         for message in messages:
             if message.get("role") == "user":
                 for line in _text_of(message).splitlines():
                     if line.startswith("Task:") and line[5:].strip():
                         return line[5:].strip()
+        rest = [line for line in last.splitlines() if line.strip() and not _STEP_MESSAGE.match(line)]
+        return "\n".join(rest)
     return last
 
 
 def already_answered(messages: list[dict[str, Any]], answer: str) -> bool:
-    """The previous assistant turn gave this same answer: the one-shot grounder has nothing more to do."""
+    """The previous assistant turn gave this same answer and it ran: the one-shot grounder has nothing more to do.
+    When the last user message says the previous action did not run (skipped), it is answered again."""
     previous = [m for m in messages if m.get("role") == "assistant"]
-    if not previous:
+    if not previous or _NOT_RUN.search(_last_user_text(messages)):
         return False
     code = answer.split("## Code:", 1)[-1].strip()
     return bool(code) and code in _text_of(previous[-1])

@@ -118,7 +118,7 @@ def _call(node: ast.Call, names: dict[str, Any], depth: int) -> Any:
     if name in SCREEN_SIZE_CALLS and not node.args and not node.keywords:
         return [ScreenFraction(1.0, "x"), ScreenFraction(1.0, "y")]
     if name not in (("", "int"), ("", "float"), ("", "round")) or node.keywords:
-        shown = ".".join(p for p in name if p) if name else type(node.func).__name__
+        shown = ast.unparse(node.func)[:40]
         raise NotAValue(f"{shown}() is not allowed in a value (only int(), float() and round())")
     func = name[1]
     if len(node.args) != 1 and not (func == "round" and len(node.args) == 2):

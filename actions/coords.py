@@ -84,14 +84,29 @@ def _nearest(value: float) -> int:
     return math.floor(value + 0.5)
 
 
-def point_to_screen(
-    point: Point, *, shown_width: int, shown_height: int, monitor: Monitor, reading: str
-) -> Point:
-    fx = _fraction(float(point.x), shown_width, reading, "x")
-    fy = _fraction(float(point.y), shown_height, reading, "y")
+def point_fractions(point: Point, *, shown_width: int, shown_height: int, reading: str) -> tuple[float, float]:
+    """The point as exact fractions (0..1) of the image it was given in; OutOfScreenError when outside it."""
+    return (_fraction(float(point.x), shown_width, reading, "x"),
+            _fraction(float(point.y), shown_height, reading, "y"))
+
+
+def fractions_to_screen(fx: float, fy: float, monitor: Monitor) -> Point:
+    """Fractions of the monitor's screenshot -> screen pixels: the monitor's offset plus the nearest logical pixel."""
     x = monitor.left + min(_nearest(fx * monitor.width), monitor.width - 1)
     y = monitor.top + min(_nearest(fy * monitor.height), monitor.height - 1)
     return Point(x=x, y=y)
+
+
+def fractions_to_screen_exact(fx: float, fy: float, monitor: Monitor) -> tuple[float, float]:
+    """The same point before rounding (for records and error bounds): ``monitor.left + fx * monitor.width``."""
+    return monitor.left + fx * monitor.width, monitor.top + fy * monitor.height
+
+
+def point_to_screen(
+    point: Point, *, shown_width: int, shown_height: int, monitor: Monitor, reading: str
+) -> Point:
+    fx, fy = point_fractions(point, shown_width=shown_width, shown_height=shown_height, reading=reading)
+    return fractions_to_screen(fx, fy, monitor)
 
 
 def to_screen(

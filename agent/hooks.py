@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from actions.types import Action
 from agent.reply import ModelReply
+from agent.trajectory import LoopGuardEvent
 from envs.base import Observation
 
 Verdict = Literal["execute", "replace", "skip", "retry", "stop"]
@@ -23,6 +24,7 @@ class HookDecision(BaseModel):
     actions: list[Action] | None = None  # for "replace": screen pixels
     hint: str | None = None  # for "retry": added to the next prompt
     reason: str | None = None  # recorded in the step's notes
+    loop: LoopGuardEvent | None = None  # the loop guard's finding, recorded in the step's ``loop_guard``
 
 
 class StepContext(BaseModel):

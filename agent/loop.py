@@ -22,7 +22,11 @@ from agent.hooks import AgentHooks, HookDecision, InterruptedStep, StepContext
 from agent.safety.policy import DEFAULT_SAFETY, install_safety
 from agent.reply import ModelReply, Usage
 from agent.tokens import load_text_counter, read_in_token_limit
+from agent.zoom import zoom_records, zoom_step
+from agent.verify import check_done, overturned_note
 from agent.trajectory import (
+    DoneVerification,
+    LoopGuardEvent,
     RetriedAnswer,
     RunInfo,
     RunStatus,
@@ -53,6 +57,8 @@ class AgentConfig(BaseModel):
     max_format_errors: int = Field(3, ge=1)  # consecutive unparseable answers before giving up
     system_prompt: str = "system"  # template name in prompts/
     model_dir: Path | None = None  # local model files: exact text tokenizer and in_token_limit (offline)
+    zoom: int = Field(0, ge=0, le=10)  # zoom-in rounds for a step's click (agent/zoom.py); 0: off
+    verify_done: bool = False  # a DONE stands only when a fresh check of the screen says yes (agent/verify.py)
 
 
 class RunResult(BaseModel):
@@ -74,6 +80,7 @@ class Decision(BaseModel):
     budget: dict[str, Any] | None = None
     notes: list[str] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
+    zoom: list[dict[str, Any]] | None = None  # the click's zoom-in rounds (agent/zoom.py ZoomRound)
 
 
 def _ms(since: float) -> float:
@@ -146,6 +153,15 @@ class Agent:
             decision.actions = [to_screen(a, shown_width=observation.width, shown_height=observation.height,
                                           monitor=geometry.monitor, mode=self.config.coordinate_mode)
                                 for a in parsed]
+            if self.config.zoom:  # look closer at the click's point, ask again, map back (agent/zoom.py)
+                t_zoom = time.perf_counter()
+                decision.actions, zoomed = zoom_step(
+                    self.client, image=observation.image, image_size=(observation.width, observation.height),
+                    monitor=geometry.monitor, parsed=parsed, converted=decision.actions, summary=reply.summary,
+                    rounds=self.config.zoom, in_token_limit=self.budget.in_token_limit,
+                    mode=self.config.coordinate_mode, temperature=self.config.temperature, max_tokens=self.max_tokens)
+                decision.zoom = zoom_records(zoomed)
+                decision.timings["zoom_ms"] = _ms(t_zoom)
             self._format_errors = 0
         except ActionParseError as exc:
             decision.parse_error = str(exc)
@@ -314,7 +330,8 @@ class Agent:
             self.turns.append(Turn(step=record.step, screenshot=shot, mime=mime, image_width=record.image_width,
                                    image_height=record.image_height, user_text=record.user_text,
                                    summary=record.summary, action_text=action_text))
-            if any(a.type in ("done", "fail") for a in executed):
+            overturned = record.verification is not None and not record.verification.accepted
+            if any(a.type in ("done", "fail") for a in executed) and not overturned:
                 raise ValueError(f"the run in {out_dir} already finished at step {record.step}; nothing to resume")
         next_step = (records[-1].step + 1) if records else 1
         intent = read_intent(out_dir)
@@ -404,6 +421,7 @@ class Agent:
         self.hooks.on_step_start(step, observation)
         decided_by: Literal["model", "user"] = "model"
         retries: list[RetriedAnswer] = []  # answers a hook had asked again (the debugger's retry [HINT])
+        loops: list[LoopGuardEvent] = []  # what the loop guard saw (agent/safety/loop_guard.py)
         while True:
             decision = self.decide(task, observation, step)
             context = StepContext(step=step, max_steps=self.config.max_steps, observation=observation,
@@ -411,6 +429,8 @@ class Agent:
                                   parse_error=decision.parse_error, budget=decision.budget,
                                   screenshot_path=str(writer.out_dir / shot))
             verdict = self.hooks.before_action(context) or HookDecision()
+            if verdict.loop is not None:
+                loops.append(verdict.loop)
             if verdict.verdict == "retry":
                 retries.append(RetriedAnswer(hint=verdict.hint, reason=verdict.reason,
                                              summary=decision.reply.summary if decision.reply else "",
@@ -427,6 +447,7 @@ class Agent:
             actions, decided_by = verdict.actions, "user"
         results: list[ActionResult] = []
         terminal: tuple[RunStatus, str | None] | None = None
+        verification: DoneVerification | None = None
         stop_reason = (verdict.reason or "stopped by a hook") if verdict.verdict == "stop" else None
         # The step as decided, before anything runs: written as the intent when actions touch the desktop.
         draft = StepRecord(
@@ -437,7 +458,7 @@ class Agent:
             action=actions[0] if actions else None, actions=actions,
             parse_error=decision.parse_error, usage=decision.reply.usage if decision.reply else Usage(),
             budget=decision.budget, user_text=decision.user_text, decided_by=decided_by, notes=notes,
-            retries=retries,
+            retries=retries, loop_guard=loops, zoom=decision.zoom,
             # The observation's "settle" is the wait after the previous step's actions (recorded there).
             timings={"observe_ms": observe_ms, "save_ms": save_ms, **decision.timings,
                      **{k: v for k, v in observation.timings_ms.items() if k != "settle"}},
@@ -462,14 +483,20 @@ class Agent:
                 terminal = None  # a failed action before done/fail: the model sees the failure first
             elif terminal is not None:
                 results.append(ActionResult())
+                if terminal[0] == "done" and self.config.verify_done:
+                    verification = self._verify_done(task, step, writer, terminal[1])
+                    terminal = terminal if verification.accepted else None
         execute_ms = _ms(t)
         overall = next((r for r in results if not r.ok), results[-1] if results else ActionResult(skipped=True))
         timings = {**draft.timings, "execute_ms": execute_ms}
         settled = [r.settle_ms for r in results if r.settle_ms is not None]
         if settled:  # this step's own waits for the screen to settle (part of execute_ms)
             timings["settle_ms"] = round(sum(settled), 3)
+        if verification is not None:
+            timings["verify_ms"] = verification.model_ms
         record = draft.model_copy(update={"result": overall, "results": results, "timings": timings,
-                                          "stopped": stop_reason, **self._resume_mark()})
+                                          "stopped": stop_reason, "verification": verification,
+                                          **self._resume_mark()})
         writer.append(record)
         writer.end_intent()
         self.remember(step, writer.out_dir / shot, observation, decision, actions if verdict.verdict != "skip" else [])
@@ -480,6 +507,19 @@ class Agent:
         if stop_reason is not None:
             raise _StopRun(stop_reason)
         return record, terminal
+
+    def _verify_done(self, task: str, step: int, writer: TrajectoryWriter, answer: str | None) -> DoneVerification:
+        """--verify-done: a fresh screenshot, and the model asked in a fresh context whether the task is complete.
+        Not a clear yes: the reason goes into the next prompt and the run goes on."""
+        assert self.env is not None
+        observation = self.env.observe()
+        shot = writer.save_screenshot(step, observation.image, observation.extension, suffix="_verify")
+        verification = check_done(self.client, task, observation, answer=answer, max_tokens=self.max_tokens,
+                                  temperature=self.config.temperature)
+        verification.screenshot = shot
+        if not verification.accepted:
+            self._notes.append(overturned_note(verification))
+        return verification
 
     def _resume_mark(self) -> dict[str, bool]:
         """``{"resumed": True}`` for the first record written after a resume, else nothing."""

@@ -55,6 +55,30 @@ class RetriedAnswer(BaseModel):
     parse_error: str | None = None
 
 
+class DoneVerification(BaseModel):
+    """``--verify-done``: the model answered DONE, and was asked again in a short fresh context (the task and a fresh
+    screenshot) whether the task is complete. DONE stands only on a clear yes."""
+
+    asked: bool = True
+    verdict: Literal["yes", "no", "unclear"] = "unclear"
+    reason: str = ""
+    accepted: bool = False  # a clear yes: the run ended with done; otherwise the reason went back to the model
+    screenshot: str = ""  # the fresh screenshot (file name inside the run directory)
+    response: str = ""  # the checker's raw reply
+    usage: Usage = Field(default_factory=Usage)
+    model_ms: float = 0.0
+
+
+class LoopGuardEvent(BaseModel):
+    """The loop guard (agent.safety.loop_guard) saw the agent loop: tier 1 a note, tier 2 a stronger note (both ask
+    the model again with the note), tier 3 the run stopped."""
+
+    shape: Literal["repeat", "alternate", "no_change", "retype"]
+    tier: int = Field(ge=1, le=3)
+    count: int  # how long the loop is: repeats, alternating steps, steps without change, times typed
+    message: str  # what the model was told (tiers 1-2), or why the run stopped (tier 3)
+
+
 class StepRecord(BaseModel):
     step: int
     screenshot: str  # file name inside the run directory
@@ -77,8 +101,11 @@ class StepRecord(BaseModel):
     decided_by: Literal["model", "user", "replay"] = "model"
     notes: list[str] = Field(default_factory=list)
     retries: list[RetriedAnswer] = Field(default_factory=list)  # answers asked again before this one
+    zoom: list[dict[str, Any]] | None = None  # zoom-in rounds of the step's click: crop box and point each (agent/zoom.py)
     stopped: str | None = None  # the run stopped at this step, and why (its actions did not run, or not all)
     resumed: bool = False  # the first step recorded after the run was stopped (or killed) and resumed
+    verification: DoneVerification | None = None  # --verify-done: the check of this step's DONE
+    loop_guard: list[LoopGuardEvent] = Field(default_factory=list)  # loops the guard saw at this step
     timestamp: float = Field(default_factory=time.time)
 
     # The thinking is most of a reply (up to the reply cap): it is written once, inside ``response``, and
@@ -152,8 +179,8 @@ class TrajectoryWriter:
         self._intent: int | None = None  # the open intent file while a step's actions run
         self.last_step: int | None = None  # the step of the last record this writer appended
 
-    def save_screenshot(self, step: int, data: bytes, extension: str) -> str:
-        name = f"step_{step:04d}.{extension}"
+    def save_screenshot(self, step: int, data: bytes, extension: str, suffix: str = "") -> str:
+        name = f"step_{step:04d}{suffix}.{extension}"
         _write_atomic(self.out_dir / name, data, durable=False)
         return name
 

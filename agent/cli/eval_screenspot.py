@@ -8,6 +8,7 @@ from pathlib import Path
 from agent.models.vllm import DEFAULT_BASE_URL, ServerError, VLLMClient
 from agent.evals.screenspot import (
     PROMPTS,
+    READINGS,
     EvalError,
     RunSettings,
     format_table,
@@ -16,7 +17,8 @@ from agent.evals.screenspot import (
 )
 from agent.evals.preflight import fit_max_tokens
 from agent.evals.screenspot_data import DatasetError, load_dataset, select
-from agent.cli.validate import check_writable_dir, nonnegative_float, nonnegative_int, positive_float, positive_int
+from agent.cli.validate import (check_writable_dir, nonnegative_float, nonnegative_int, positive_float, positive_int,
+                                zoom_rounds)
 
 
 def register_eval(eval_subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +40,20 @@ def register_eval(eval_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--type", dest="ui_type", action="append", default=[], help="keep text or icon (repeatable)")
     p.add_argument("--application", action="append", default=[], help="keep this application (repeatable)")
     p.add_argument("--platform", action="append", default=[], help="keep this platform (repeatable)")
+    p.add_argument("--answers", choices=list(READINGS), default="kimi-cua",
+                   help="primary reading of the answers: kimi-cua (our parser: pixels, boxes, computed code too) or "
+                        "upstream (exactly as ScreenSpot-Pro's Kimi-VL wrapper: normalized x=..., y=... only, "
+                        "comparable with leaderboards); both are always reported side by side")
+    p.add_argument("--subset", default=None, metavar="NAME",
+                   help="OSWorld-G: evaluate <name>_NAME.json (refined: OSWorld-G_refined.json) instead of "
+                        "OSWorld-G.json")
+    p.add_argument("--zoom", type=zoom_rounds, default=0, metavar="N",
+                   help="zoom-in grounding: after the model's point, crop a window around it from the native "
+                        "screenshot (sized to be sent at full detail), ask again on the crop and map the answer "
+                        "back, up to N rounds; results.jsonl records every round's crop and point (default 0: off)")
+    p.add_argument("--variant", choices=["thinking-2506", "thinking", "instruct"], default=None,
+                   help="the model's variant, for its image rule (zoom windows) and default reply limit "
+                        "(default: guessed from the served model name)")
     p.add_argument("--classification", type=Path, default=None,
                    help="OSWorld-G classification_result.json (default: the one beside the annotations)")
     p.add_argument("--base-url", action="append", default=[], metavar="URL",
@@ -67,7 +83,7 @@ def register_eval(eval_subparsers: argparse._SubParsersAction) -> None:
 def run_screenspot(args: argparse.Namespace) -> int:
     check_writable_dir(args.out, "--out")
     try:
-        dataset = load_dataset(args.data, classification=args.classification)
+        dataset = load_dataset(args.data, classification=args.classification, subset=args.subset)
         prompt = load_prompt(args.prompt)
     except (DatasetError, EvalError) as exc:
         print(f"kimi-cua: {exc}", file=sys.stderr)
@@ -79,7 +95,8 @@ def run_screenspot(args: argparse.Namespace) -> int:
         print(f"kimi-cua: no sample of {args.data} matches the filters", file=sys.stderr)
         return 2
     urls = args.base_url or [DEFAULT_BASE_URL]
-    clients = [VLLMClient(url, model=args.model, api_key=args.api_key, timeout=args.timeout, retries=args.retries)
+    clients = [VLLMClient(url, model=args.model, api_key=args.api_key, timeout=args.timeout, retries=args.retries,
+                          variant=args.variant)
                for url in urls]
     try:
         models = {c.model for c in clients}  # discovers the model, and fails fast on an unreachable server
@@ -97,9 +114,9 @@ def run_screenspot(args: argparse.Namespace) -> int:
             print(fit.notice, file=sys.stderr)
         settings = RunSettings(benchmark=dataset.benchmark, data=str(args.data), prompt=args.prompt,
                                language=args.language, model=model, temperature=args.temperature,
-                               max_tokens=fit.max_tokens)
+                               max_tokens=fit.max_tokens, zoom=args.zoom)
         outcome = run_eval(dataset, samples, args.out, clients, settings, prompt=prompt,
-                           concurrency=args.concurrency, progress=not args.no_progress)
+                           concurrency=args.concurrency, progress=not args.no_progress, answers=args.answers)
     except (ServerError, EvalError, DatasetError) as exc:
         print(f"kimi-cua: {exc}", file=sys.stderr)
         return 2

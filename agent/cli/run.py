@@ -11,7 +11,7 @@ from agent.models.vllm import (DEFAULT_BASE_URL, ModelClient, NotAnOpenAIServer,
                                ServerUnreachable, VLLMClient)
 from agent.cli.environments import add_env_arguments, check_env_arguments, env_options_from, open_environment
 from agent.cli.validate import (DEFAULT_SIZE, UsageError, check_writable_dir, nonnegative_float, nonnegative_int,
-                                positive_float, positive_int)
+                                positive_float, positive_int, zoom_rounds)
 from agent.debug.step_through import BREAK_TYPES, StepThrough
 from agent.safety.guards import add_guard_arguments, guard_hooks
 from agent.hooks import AgentHooks, HookChain
@@ -162,6 +162,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "history come from it; so do the server, model, --max-steps and the environment, unless given again)")
     g.add_argument("--coords", choices=["auto", "normalized", "pixels"], default="auto",
                    help="how to read model coordinates (default auto: all <= 1 means normalized)")
+    g.add_argument("--zoom", type=zoom_rounds, default=0, metavar="N",
+                   help="zoom-in grounding for clicks: after the model's point, show it a crop around the point "
+                   "(from the native screenshot, sent at full detail) and ask again, up to N rounds (default 0: off)")
     g.add_argument("--max-images", type=positive_int, default=64, help="screenshots per request; match vLLM's "
                    "--limit-mm-per-prompt (default 64)")
     g.add_argument("--max-context", type=positive_int, help="context tokens (default: the server's max_model_len)")
@@ -177,7 +180,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # What `run --resume DIR` takes from the recorded run unless the flag is given again (run.json "settings").
 RESUMED_SETTINGS = ("base_url", "model", "variant", "backend", "temperature", "max_tokens", "timeout", "retries",
-                    "max_steps", "coords", "max_images", "max_context", "reply_reserve", "no_stream", "env",
+                    "max_steps", "coords", "zoom", "max_images", "max_context", "reply_reserve", "no_stream", "env",
                     "osworld_url", "display", "monitor", "size", "no_wm", "launch", "settle", "settle_ms",
                     "max_settle_ms", "encoding", "sandbox", "sandbox_network")
 
@@ -264,7 +267,7 @@ def run_command(args: argparse.Namespace) -> int:
     config = AgentConfig(max_steps=args.max_steps, out_dir=args.out, coordinate_mode=args.coords,
                          variant=args.variant, temperature=args.temperature, max_tokens=args.max_tokens,
                          stream=not args.no_stream, max_context=args.max_context, max_images=args.max_images,
-                         reply_reserve=args.reply_reserve,
+                         reply_reserve=args.reply_reserve, zoom=args.zoom,
                          model_dir=args.model_dir or (Path(args.model) if args.backend == "transformers" else None))
     stepper = None
     if args.step or args.break_on:

@@ -43,6 +43,14 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+def zoom_rounds(text: str) -> int:
+    """``--zoom N``: zoom-in rounds, 0 (off) to 10 (each round halves the window; more never helps)."""
+    value = _int(text)
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) to 10 zoom rounds, not {value}")
+    return value
+
+
 def _float(text: str) -> float:
     try:
         value = float(text)

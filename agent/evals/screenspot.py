@@ -29,11 +29,18 @@ from actions.types import ActionParseError, action_points
 from agent.models.vllm import ModelClient, ServerError, image_part
 from agent.reply import ModelReply
 from agent.evals.failures_page import write_failures_html
+from agent.zoom import client_in_token_limit, zoom_grounding, zoom_records
+from agent.evals.upstream_answers import upstream_point
 from agent.evals.screenspot_data import Correctness, Dataset, PredictedPoint, Sample, SampleTags, Target, score
 
 PROMPTS = {"kimi": "grounding_kimi", "screenspot-pro-kimivl": "grounding_sspro"}
 RESULTS_FILE, SUMMARY_FILE, FAILURES_FILE, RUN_FILE = "results.jsonl", "summary.json", "failures.html", "run.json"
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
+
+AnswerReading = Literal["kimi-cua", "upstream"]
+READINGS: tuple[AnswerReading, ...] = ("kimi-cua", "upstream")
+READING_NAMES = {"kimi-cua": "kimi-cua's parser", "upstream": "ScreenSpot-Pro's Kimi-VL wrapper"}
 
 
 class EvalError(RuntimeError):
@@ -96,6 +103,14 @@ class SampleResult(SampleTags):
     latency_ms: float
     error: str | None = None  # why the answer had no usable point
     unreadable: bool = False  # the image could not be read: the model was not asked, the sample counts wrong
+    # --zoom N: every round's crop box and point (agent/zoom.py ZoomRound; round 0 is the first answer). ``point`` and
+    # ``correctness`` are then the final round's, ``correctness_before_zoom`` the first answer's (kimi-cua reading).
+    zoom: list[dict[str, Any]] | None = None
+    correctness_before_zoom: Correctness | None = None
+    # The same answer read as ScreenSpot-Pro's Kimi-VL wrapper reads it (agent/evals/upstream_answers.py);
+    # None in results written before both readings were kept (summarize fills it in from ``answer``).
+    upstream_correctness: Correctness | None = None
+    upstream_point: tuple[float, float] | None = None  # in image pixels
 
 
 class RunSettings(BaseModel):
@@ -108,6 +123,7 @@ class RunSettings(BaseModel):
     model: str
     temperature: float
     max_tokens: int | None
+    zoom: int = 0  # zoom-in rounds (--zoom)
 
 
 class UnreadableImage(EvalError):
@@ -172,8 +188,19 @@ def judge_reply(sample: Sample, reply_text: str, summary: str, truncated: bool, 
     return score(sample, point, image_size=(width, height)), point.pixels, error
 
 
+def judge_upstream(sample: Sample, reply_text: str, width: int,
+                   height: int) -> tuple[Correctness, tuple[float, float] | None]:
+    """(verdict, point in image pixels) of the answer read as ScreenSpot-Pro's Kimi-VL wrapper reads it."""
+    found = upstream_point(reply_text)
+    if found is None:
+        return score(sample, None, image_size=(width, height)), None
+    point = PredictedPoint.from_model(*found, reading="normalized", width=width, height=height)
+    return score(sample, point, image_size=(width, height)), point.pixels
+
+
 def evaluate_sample(sample: Sample, client: ModelClient, prompt: GroundingPrompt, *, temperature: float,
-                    max_tokens: int | None, language: str, parse: Callable[[str], list[Any]]) -> SampleResult:
+                    max_tokens: int | None, language: str, parse: Callable[[str], list[Any]], zoom: int = 0,
+                    in_token_limit: int | None = None) -> SampleResult:
     """Ask the model about one sample and judge the answer. Raises ServerError when the server fails; an
     image that cannot be read is a result of its own (``unreadable``), so the evaluation goes on."""
     instruction = sample.instruction_cn if language == "cn" and sample.instruction_cn else sample.instruction
@@ -191,10 +218,19 @@ def evaluate_sample(sample: Sample, client: ModelClient, prompt: GroundingPrompt
     reply: ModelReply = client.complete(messages, temperature=temperature, max_tokens=max_tokens)
     latency = reply.latency_ms or (time.perf_counter() - started) * 1000
     verdict, point, error = judge_reply(sample, reply.text, reply.summary, reply.truncated, width, height, parse)
+    zoomed, before_zoom = None, None
+    if zoom and point is not None and error is None and min(point) >= 0:  # look closer (agent/zoom.py)
+        found = zoom_grounding(client, image=data, start=point, instruction=instruction, rounds=zoom, parse=parse,
+                               in_token_limit=in_token_limit or client_in_token_limit(client), system=prompt.system,
+                               temperature=temperature, max_tokens=max_tokens)
+        zoomed, before_zoom, point = zoom_records(found), verdict, found.point
+        verdict = score(sample, PredictedPoint(fraction=found.fractions, pixels=point), image_size=(width, height))
+    upstream_verdict, upstream_pixels = judge_upstream(sample, reply.text, width, height)
     return SampleResult(
         id=sample.id, instruction=instruction, image=str(sample.image), image_size=(width, height), point=point,
         target=sample.target, correctness=verdict, correct=verdict == "correct", answer=reply.text,
-        latency_ms=round(latency, 1), error=error, **sample.tags())
+        latency_ms=round(latency, 1), error=error, upstream_correctness=upstream_verdict,
+        upstream_point=upstream_pixels, zoom=zoomed, correctness_before_zoom=before_zoom, **sample.tags())
 
 
 # ---- results file ----------------------------------------------------------------------------------
@@ -293,11 +329,13 @@ class OSWorldGGroup(BaseModel):
     accuracy: float
 
 
-def osworld_g_groups(results: list[SampleResult]) -> dict[str, OSWorldGGroup]:
-    """OSWorld-G's accuracy_dict_group: a sample counts in each of its classes."""
+def osworld_g_groups(results: list[SampleResult], field: str = "classes") -> dict[str, OSWorldGGroup]:
+    """OSWorld-G's accuracy_dict_group (``classes``) or its accuracy per GUI type (``gui_types``): a sample
+    counts in each of its classes; a sample with none (absent from the classification file, or without
+    ``GUI_types``) is left out of these tables, as upstream's evaluator does."""
     groups: dict[str, list[bool]] = {}
     for r in results:
-        for cls in r.classes:
+        for cls in getattr(r, field):
             groups.setdefault(cls, []).append(r.correct)
     return {cls: OSWorldGGroup(total=len(v), correct=sum(v), accuracy=sum(v) / len(v)) for cls, v in sorted(groups.items())}
 
@@ -317,11 +355,17 @@ class Summary(BaseModel):
     ui_type_counts: dict[str, Any] = Field(default_factory=dict)
     osworld_g: dict[str, Any] | None = None
     throughput: dict[str, float] = Field(default_factory=dict)
+    # Which reading of the answers ``metrics`` uses (``--answers``), and every table under both readings:
+    # "kimi-cua" (the project's parser) and "upstream" (ScreenSpot-Pro's Kimi-VL wrapper, comparable with
+    # leaderboards). The printed table shows both side by side.
+    answers: AnswerReading = "kimi-cua"
+    metrics_by_reading: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 def breakdown_sections(dataset: Dataset, results: list[SampleResult]) -> dict[str, dict[str, list[SampleResult]]]:
     """The samples behind every upstream breakdown table of the dataset's layout, by section and key."""
-    sections = {"by_ui_type": groups(results, [("ui_type", "ui_type")])}
+    # Samples without a ui_type (all of OSWorld-G's) make no "ui_type:None" row.
+    sections = {"by_ui_type": groups([r for r in results if r.ui_type is not None], [("ui_type", "ui_type")])}
     if dataset.layout == "screenspot":
         sections["by_split"] = groups(results, [("split", "split")])
         sections["by_data_source"] = groups(results, [("data_source", "source")])
@@ -336,13 +380,38 @@ def breakdown_sections(dataset: Dataset, results: list[SampleResult]) -> dict[st
     return sections
 
 
-def summarize(dataset: Dataset, results: list[SampleResult], settings: RunSettings, selected: int,
-              throughput: dict[str, float] | None = None) -> Summary:
-    sections = breakdown_sections(dataset, results)
+def read_as(results: list[SampleResult], reading: AnswerReading, dataset: Dataset) -> list[SampleResult]:
+    """The results with ``correctness``/``correct``/``point`` of the given reading of their answers."""
+    if reading == "kimi-cua":
+        return results
+    by_id = {s.id: s for s in dataset.samples}
+    out = []
+    for r in results:
+        verdict, point = r.upstream_correctness, r.upstream_point
+        if verdict is None:  # a line written before both readings were kept: read its stored answer again
+            if r.unreadable or r.id not in by_id:
+                verdict, point = r.correctness, None
+            else:
+                verdict, point = judge_upstream(by_id[r.id], r.answer, *r.image_size)
+        out.append(r.model_copy(update={"correctness": verdict, "correct": verdict == "correct", "point": point}))
+    return out
+
+
+def _tables(dataset: Dataset, results: list[SampleResult]) -> dict[str, Any]:
     metrics: dict[str, Any] = {"overall": metrics_of(results).model_dump()}
-    counts: dict[str, Any] = {"overall": ui_type_counts(results)}
-    for name, tables in sections.items():
+    for name, tables in breakdown_sections(dataset, results).items():
         metrics[name] = {key: metrics_of(rows).model_dump() for key, rows in tables.items()}
+    return metrics
+
+
+def summarize(dataset: Dataset, results: list[SampleResult], settings: RunSettings, selected: int,
+              throughput: dict[str, float] | None = None, answers: AnswerReading = "kimi-cua") -> Summary:
+    by_reading = {reading: read_as(results, reading, dataset) for reading in READINGS}
+    results = by_reading[answers]
+    metrics_by_reading = {reading: _tables(dataset, rows) for reading, rows in by_reading.items()}
+    metrics = metrics_by_reading[answers]
+    counts: dict[str, Any] = {"overall": ui_type_counts(results)}
+    for name, tables in breakdown_sections(dataset, results).items():
         counts[name] = {key: ui_type_counts(rows) for key, rows in tables.items()}
     osworld = None
     if dataset.layout == "osworld-g":
@@ -353,38 +422,52 @@ def summarize(dataset: Dataset, results: list[SampleResult], settings: RunSettin
                                       for k in ("bbox", "polygon", "refusal")}}
         if dataset.classification_file is not None:
             osworld["accuracy_dict_group"] = {k: v.model_dump() for k, v in osworld_g_groups(results).items()}
+        if any(r.gui_types for r in results):
+            osworld["accuracy_dict_gui_types"] = {k: v.model_dump()
+                                                  for k, v in osworld_g_groups(results, "gui_types").items()}
     return Summary(benchmark=dataset.benchmark, data=settings.data, prompt=settings.prompt, model=settings.model,
                    selected=selected, finished=len(results), unfinished=selected - len(results),
                    unreadable_images=sum(r.unreadable for r in results), metrics=metrics,
-                   ui_type_counts=counts, osworld_g=osworld, throughput=throughput or {})
+                   ui_type_counts=counts, osworld_g=osworld, throughput=throughput or {}, answers=answers,
+                   metrics_by_reading=metrics_by_reading)
 
 
 def format_table(summary: Summary) -> str:
-    """A Markdown table (pastes into a paper draft or an issue) of every metric table in the summary."""
+    """A Markdown table (pastes into a paper draft or an issue) of every metric table in the summary, with the
+    accuracy under both readings of the answers side by side, the primary one (``--answers``) first."""
+    primary = summary.answers
+    other = next(r for r in READINGS if r != primary)
+    other_metrics = summary.metrics_by_reading.get(other) or {}
     title = (f"{summary.benchmark}: {summary.finished}/{summary.selected} samples, model {summary.model}, "
-             f"prompt {summary.prompt}")
+             f"prompt {summary.prompt}; primary reading of the answers: {primary} ({READING_NAMES[primary]}), "
+             f"beside it {other} ({READING_NAMES[other]})")
     lines = [title, "",
-             "| table | n | accuracy | text | icon | wrong format |", "|---|---:|---:|---:|---:|---:|"]
+             f"| table | n | accuracy ({primary}) | accuracy ({other}) | text | icon | wrong format |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
 
     def share(value: float, samples: int | None) -> str:
         return "-" if samples == 0 else f"{100 * value:.2f}"  # None: a summary without counts (older runs)
 
-    def row(name: str, m: dict[str, Any], counts: dict[str, int] | None) -> str:
+    def row(name: str, m: dict[str, Any], o: dict[str, Any] | None, counts: dict[str, int] | None) -> str:
         counts = counts or {}
-        return (f"| {name} | {m['num_total']} | {100 * m['action_acc']:.2f} | "
+        beside = f"{100 * o['action_acc']:.2f}" if o else "-"
+        return (f"| {name} | {m['num_total']} | {100 * m['action_acc']:.2f} | {beside} | "
                 f"{share(m['text_acc'], counts.get('text'))} | {share(m['icon_acc'], counts.get('icon'))} | "
                 f"{m['wrong_format_num']} |")
 
-    lines.append(row("overall", summary.metrics["overall"], summary.ui_type_counts.get("overall")))
+    lines.append(row("overall", summary.metrics["overall"], other_metrics.get("overall"),
+                     summary.ui_type_counts.get("overall")))
     for section, tables in summary.metrics.items():
         if section in ("overall", "fine_grained", "seeclick_style", "by_split_and_source"):
             continue
         section_counts = summary.ui_type_counts.get(section) or {}
-        lines.extend(row(key, m, section_counts.get(key)) for key, m in tables.items())
-    if summary.osworld_g and "accuracy_dict_group" in summary.osworld_g:
-        lines += ["", "| OSWorld-G class | n | correct | accuracy |", "|---|---:|---:|---:|"]
-        for cls, g in summary.osworld_g["accuracy_dict_group"].items():
-            lines.append(f"| {cls} | {g['total']} | {g['correct']} | {100 * g['accuracy']:.2f} |")
+        other_tables = other_metrics.get(section) or {}
+        lines.extend(row(key, m, other_tables.get(key), section_counts.get(key)) for key, m in tables.items())
+    for field, heading in (("accuracy_dict_group", "OSWorld-G class"), ("accuracy_dict_gui_types", "GUI type")):
+        if summary.osworld_g and field in summary.osworld_g:
+            lines += ["", f"| {heading} | n | correct | accuracy |", "|---|---:|---:|---:|"]
+            for cls, g in summary.osworld_g[field].items():
+                lines.append(f"| {cls} | {g['total']} | {g['correct']} | {100 * g['accuracy']:.2f} |")
     if summary.unreadable_images:
         lines += ["", f"{summary.unreadable_images} sample(s) with an unreadable image, counted wrong (their errors are "
                   "in results.jsonl; fix the images and delete those lines to ask again)"]
@@ -407,7 +490,7 @@ def _check_settings(out: Path, settings: RunSettings) -> None:
             previous = RunSettings.model_validate_json(path.read_text(encoding="utf-8"))
         except ValidationError:
             raise EvalError(f"{path}: not a run settings file; use another --out") from None
-        differs = [k for k in ("benchmark", "prompt", "language", "model", "temperature", "max_tokens")
+        differs = [k for k in ("benchmark", "prompt", "language", "model", "temperature", "max_tokens", "zoom")
                    if getattr(previous, k) != getattr(settings, k)]
         if differs:
             detail = ", ".join(f"{k}: {getattr(previous, k)!r} then, {getattr(settings, k)!r} now" for k in differs)
@@ -419,7 +502,7 @@ def _check_settings(out: Path, settings: RunSettings) -> None:
 def run_eval(dataset: Dataset, samples: list[Sample], out: Path, clients: list[ModelClient],
              settings: RunSettings, *, prompt: GroundingPrompt, concurrency: int = 16,
              parse: Callable[[str], list[Any]] | None = None, progress: bool = True,
-             max_consecutive_errors: int | None = None) -> RunOutcome:
+             max_consecutive_errors: int | None = None, answers: AnswerReading = "kimi-cua") -> RunOutcome:
     """Evaluate ``samples`` (skipping those already in ``out``), then write the summary and failures page."""
     if parse is None:
         from actions.parser import parse_reply as parse
@@ -449,7 +532,8 @@ def run_eval(dataset: Dataset, samples: list[Sample], out: Path, clients: list[M
             i, sample = item
             client = clients[i % len(clients)]  # round-robin over replicas
             future = pool.submit(evaluate_sample, sample, client, prompt, temperature=settings.temperature,
-                                 max_tokens=settings.max_tokens, language=settings.language, parse=parse)
+                                 max_tokens=settings.max_tokens, language=settings.language, parse=parse,
+                                 zoom=settings.zoom)
             running[future] = sample
 
     consecutive = 0
@@ -486,7 +570,7 @@ def run_eval(dataset: Dataset, samples: list[Sample], out: Path, clients: list[M
     elapsed = time.perf_counter() - started
     finished = [r for r in finished if r.id in selected_ids]
     throughput = {"seconds": round(elapsed, 3), "samples_per_s": round(new / elapsed, 3) if elapsed > 0 else 0.0}
-    summary = summarize(dataset, finished, settings, len(samples), throughput)
+    summary = summarize(dataset, finished, settings, len(samples), throughput, answers=answers)
     (out / SUMMARY_FILE).write_text(summary.model_dump_json(indent=2), encoding="utf-8")
     write_failures_html(out / FAILURES_FILE, finished,
                         title=f"{dataset.benchmark}, model {settings.model}, prompt {settings.prompt}")

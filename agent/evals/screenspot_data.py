@@ -62,7 +62,8 @@ class SampleTags(BaseModel):
     platform: str | None = None
     ui_type: str | None = None
     data_source: str | None = None
-    classes: tuple[str, ...] = ()  # OSWorld-G classification ("unclassified" when the file lists none)
+    classes: tuple[str, ...] = ()  # OSWorld-G classification (none when the file does not list the sample)
+    gui_types: tuple[str, ...] = ()  # OSWorld-G's GUI_types of the sample
 
     def tags(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in SampleTags.model_fields}
@@ -194,6 +195,7 @@ class _OSWorldGRecord(_Raw):
     instruction: str
     box_type: Literal["bbox", "polygon", "refusal"]
     box_coordinates: list[float] = Field(default_factory=list)
+    GUI_types: list[str] | str | None = None
 
 
 def _read_json_list(path: Path) -> list[Any]:
@@ -366,12 +368,13 @@ def load_osworld_g(annotation: Path, root: Path, classification: Path | None = N
         else:
             target = Target(kind="refusal")
         sid = str(rec.id) if rec.id is not None else str(i)
-        sample_classes: tuple[str, ...] = ()
-        if classes is not None:
-            sample_classes = tuple(classes.get(sid, ["unclassified"]))
+        # Samples the classification file does not list are left out of the class tables (as upstream).
+        sample_classes = tuple(classes.get(sid, [])) if classes is not None else ()
+        gui_types = rec.GUI_types if isinstance(rec.GUI_types, list) else [rec.GUI_types] if rec.GUI_types else []
         samples.append(Sample(
             id=sid, image=image, instruction=rec.instruction, target=target, benchmark="osworld-g",
-            layout="osworld-g", source_file=annotation.stem, classes=sample_classes))
+            layout="osworld-g", source_file=annotation.stem, classes=sample_classes,
+            gui_types=tuple(dict.fromkeys(str(t) for t in gui_types if str(t).strip()))))
     return Dataset(root=root, layout="osworld-g", benchmark="osworld-g", samples=_unique_ids(samples),
                    annotation_files=[annotation], classification_file=classification)
 
@@ -413,8 +416,30 @@ def detect_layout(path: Path) -> Layout:
                        "annotations/*.json + images/ (ScreenSpot-Pro) or an OSWorld-G JSON with box_type")
 
 
-def load_dataset(data: str | Path, *, classification: Path | None = None) -> Dataset:
-    """Load DATA (folder or annotation file, any upstream layout). Raises DatasetError."""
+def _osworld_g_file(folder: Path, candidates: list[Path], subset: str | None) -> Path:
+    """The annotation file of a downloaded OSWorld-G folder: ``OSWorld-G.json`` by default, ``<name>_<subset>.json``
+    with ``subset`` (``refined``: ``OSWorld-G_refined.json``)."""
+    if subset is not None:
+        chosen = [p for p in candidates if p.stem.endswith(f"_{subset}")]
+        if len(chosen) != 1:
+            names = ", ".join(p.name for p in candidates)
+            raise DatasetError(f"{folder}: no single OSWorld-G file for --subset {subset} among {names}")
+        return chosen[0]
+    if len(candidates) == 1:
+        return candidates[0]
+    # The one file every other file's name extends (OSWorld-G.json beside OSWorld-G_refined.json).
+    base = [p for p in candidates if all(o.stem.startswith(p.stem + "_") for o in candidates if o != p)]
+    if len(base) == 1:
+        return base[0]
+    names = ", ".join(p.name for p in candidates)
+    raise DatasetError(f"{folder}: several OSWorld-G annotation files ({names}); pass the one to evaluate")
+
+
+def load_dataset(data: str | Path, *, classification: Path | None = None, subset: str | None = None) -> Dataset:
+    """Load DATA (folder or annotation file, any upstream layout). Raises DatasetError.
+
+    A downloaded OSWorld-G folder holds ``OSWorld-G.json`` and ``OSWorld-G_refined.json``: the first is evaluated
+    unless ``subset`` is ``"refined"``."""
     path = Path(data).expanduser()
     if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(data)):
         path = download_from_hub(str(data))
@@ -431,10 +456,7 @@ def load_dataset(data: str | Path, *, classification: Path | None = None) -> Dat
     if path.is_file():
         return load_osworld_g(path, path.parent, classification)
     candidates = [p for p in sorted(path.glob("*.json")) if _kind_of_json(p) == "osworld-g"]
-    if len(candidates) > 1:
-        names = ", ".join(p.name for p in candidates)
-        raise DatasetError(f"{path}: several OSWorld-G annotation files ({names}); pass the one to evaluate")
-    return load_osworld_g(candidates[0], path, classification)
+    return load_osworld_g(_osworld_g_file(path, candidates, subset), path, classification)
 
 
 def download_from_hub(repo_id: str) -> Path:

@@ -1,4 +1,5 @@
-"""Guards that end or redirect a run between actions: a kill switch and a stuck-loop detector (both hooks).
+"""Guards that end or redirect a run between actions: a kill switch and a stuck-loop detector (both hooks; the
+loop guard with tiers that the CLI installs is agent/safety/loop_guard.py).
 
 The kill switch stops the run at the next decision point when a stop file appears or SIGINT/SIGTERM/SIGUSR1
 arrives: the step in flight is recorded with nothing executed, ``run.json`` says "stopped". A second SIGINT
@@ -93,6 +94,9 @@ class StuckConfig(BaseModel):
 
 class StuckDetector(AgentHooks):
     """The same action on an unchanged screen N times in a row: a nudge to the model, then a clean stop.
+
+    The CLI installs ``agent.safety.loop_guard.LoopGuard`` instead (this shape and three more, with tiers); this
+    one stays for the Python API.
 
     Only actions that were executed count: a step the user skipped or replaced in the debugger, or one a
     safety rule refused, leaves the streak as it was.
@@ -191,8 +195,9 @@ def add_guard_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-safety", action="store_true", help="turn the safety policy off (not recommended)")
     g.add_argument("--stop-file", type=Path, metavar="PATH", help="stop cleanly between actions once this "
                    "file exists (SIGINT/SIGTERM/SIGUSR1 do the same; a second Ctrl-C stops at once)")
-    g.add_argument("--stuck-after", type=_stuck_count, default=3, metavar="N", help="the same action on an unchanged "
-                   "screen N times: nudge the model, then stop (default 3; 0 turns it off)")
+    g.add_argument("--stuck-after", type=_stuck_count, default=3, metavar="N", help="loop guard: the same action on an "
+                   "unchanged screen N times (default 3), alternating A,B,A,B, 3 actions in a row that change nothing, "
+                   "the same text typed again: a note to the model, a stronger note, then stop (0 turns it off)")
 
 
 def _stuck_count(text: str) -> int:
@@ -223,5 +228,7 @@ def guard_hooks(args: argparse.Namespace, *, confirm: Any = None) -> tuple[KillS
         unattended = args.unattended or not sys.stdin.isatty()
         hooks.append(SafetyPolicy(config, unattended=unattended, confirm=confirm or ask_on_terminal, strict=strict))
     if args.stuck_after:
-        hooks.append(StuckDetector(StuckConfig(after=args.stuck_after)))
+        from agent.safety.loop_guard import LoopGuard, LoopGuardConfig
+
+        hooks.append(LoopGuard(LoopGuardConfig(repeat_after=args.stuck_after)))
     return switch, hooks

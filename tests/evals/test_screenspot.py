@@ -141,11 +141,22 @@ def test_pro_accuracy_and_every_breakdown_match_the_upstream_rules(tmp_path: Pat
     page = (out / "failures.html").read_text()
     assert page.count('<section class="miss"') == 5 and "gimp-1" in page and "vscode-0" not in page
     printed = capsys.readouterr().out
-    assert "| overall | 10 | 50.00 | 66.67 | 25.00 | 3 |" in printed
-    assert "| group:Dev | 3 | 100.00 | 100.00 | 100.00 | 0 |" in printed
+    # accuracy (kimi-cua, primary) beside accuracy (upstream: ScreenSpot-Pro's Kimi-VL wrapper reads only
+    # "x=<fraction>, y=<fraction>": gimp 0, vscode 2 and word 2 are its only hits; pixels and boxes are wrong_format)
+    assert "| table | n | accuracy (kimi-cua) | accuracy (upstream) | text | icon | wrong format |" in printed
+    assert "primary reading of the answers: kimi-cua" in printed
+    assert "| overall | 10 | 50.00 | 30.00 | 66.67 | 25.00 | 3 |" in printed
+    assert "| group:Dev | 3 | 100.00 | 33.33 | 100.00 | 100.00 | 0 |" in printed
     # a table without text (or icon) samples has no text (icon) accuracy: "-", not 0.00
-    assert "| ui_type:icon | 4 | 25.00 | - | 25.00 | 2 |" in printed
-    assert "| ui_type:text | 6 | 66.67 | 66.67 | - | 1 |" in printed
+    assert "| ui_type:icon | 4 | 25.00 | 25.00 | - | 25.00 | 2 |" in printed
+    assert "| ui_type:text | 6 | 66.67 | 33.33 | 66.67 | - | 1 |" in printed
+    assert summary["answers"] == "kimi-cua" and summary["metrics_by_reading"]["kimi-cua"] == summary["metrics"]
+    assert_metrics(summary["metrics_by_reading"]["upstream"], {
+        "overall": m(3, 10, 6, 2 / 6, 1 / 4),
+        "leaderboard_simple_style": {"group:Creative": m(1, 3, 1, 1.0, 0.0), "group:Dev": m(1, 3, 2, 0.0, 1.0),
+                                     "group:Office": m(1, 4, 3, 1 / 3, 0.0)}})
+    assert rows["vscode-0"]["upstream_correctness"] == "wrong_format" and rows["vscode-0"]["upstream_point"] is None
+    assert rows["gimp-0"]["upstream_correctness"] == "correct" and rows["gimp-0"]["upstream_point"] == [150, 150]
     assert summary["ui_type_counts"]["overall"] == {"text": 6, "icon": 4}
     assert summary["ui_type_counts"]["by_ui_type"]["ui_type:icon"] == {"text": 0, "icon": 4}
     assert summary["ui_type_counts"]["leaderboard_simple_style"]["group:Office"] == {"text": 3, "icon": 1}
@@ -236,7 +247,7 @@ def test_bad_data_exits_2_naming_the_file(tmp_path: Path, capsys) -> None:
 
 
 # ---- OSWorld-G -----------------------------------------------------------------------------------------
-def test_osworld_g_bbox_polygon_refusal_and_class_groups(tmp_path: Path) -> None:
+def test_osworld_g_bbox_polygon_refusal_and_class_groups(tmp_path: Path, capsys) -> None:
     rows = [
         {"id": "g1", "box_type": "bbox", "box_coordinates": [10, 10, 20, 20]},
         {"id": "g2", "box_type": "bbox", "box_coordinates": [10, 10, 20, 20]},
@@ -247,10 +258,16 @@ def test_osworld_g_bbox_polygon_refusal_and_class_groups(tmp_path: Path) -> None
         {"id": "g7", "box_type": "refusal", "box_coordinates": [-1, -1, -1, -1]},
         {"id": "g8", "box_type": "refusal", "box_coordinates": [-1, -1, -1, -1]},
     ]
+    gui_types = {"g1": ["Button"], "g2": ["Button", "Icon"], "g3": "Icon", "g4": ["Text field"], "g7": ["Button"]}
     for r in rows:
         r.update(image_path="shot.png", instruction=f"find {r['id']}")
+        if r["id"] in gui_types:
+            r["GUI_types"] = gui_types[r["id"]]
+    # As downloaded: OSWorld-G.json (evaluated by default) beside OSWorld-G_refined.json (--subset refined).
     data = write_osworld_g(tmp_path / "og", rows, {"shot.png": (200, 100)},
                            classification={"text_matching": ["g1", "g2", "g5"], "element_recognition": ["g3", "g1"]})
+    refined = [dict(r, instruction=f"refined {r['id']}") for r in rows[:2]]
+    (data / "OSWorld-G_refined.json").write_text(json.dumps(refined))
     answers = {"find g1": "pyautogui.click(x=0.1, y=0.2)",  # (20, 20) in the box
                "find g2": "click(x=100, y=50)",  # outside
                "find g3": "pyautogui.click(x=0.1, y=0.2)",  # inside the triangle
@@ -268,11 +285,24 @@ def test_osworld_g_bbox_polygon_refusal_and_class_groups(tmp_path: Path) -> None
     assert summary["benchmark"] == "osworld-g"
     og = summary["osworld_g"]
     assert (og["total"], og["correct"], og["accuracy"]) == (8, 4, 0.5)
+    # g4, g6, g7, g8 are not in the classification file: left out of the class tables, as upstream does.
     assert og["accuracy_dict_group"] == {
         "element_recognition": {"total": 2, "correct": 2, "accuracy": 1.0},
-        "text_matching": {"total": 3, "correct": 2, "accuracy": 2 / 3},
-        "unclassified": {"total": 4, "correct": 1, "accuracy": 0.25}}
+        "text_matching": {"total": 3, "correct": 2, "accuracy": 2 / 3}}
+    assert og["accuracy_dict_gui_types"] == {
+        "Button": {"total": 3, "correct": 1, "accuracy": 1 / 3},
+        "Icon": {"total": 2, "correct": 1, "accuracy": 0.5},
+        "Text field": {"total": 1, "correct": 0, "accuracy": 0.0}}
+    assert "by_ui_type" not in summary["metrics"] or summary["metrics"]["by_ui_type"] == {}
+    printed = capsys.readouterr().out
+    assert "ui_type:None" not in printed and "| Button | 3 | 1 | 33.33 |" in printed
     assert summary["metrics"]["overall"]["wrong_format_num"] == 1
     verdicts = {json.loads(x)["id"]: json.loads(x)["correctness"] for x in (out / "results.jsonl").read_text().split("\n") if x}
     assert verdicts == {"g1": "correct", "g2": "wrong", "g3": "correct", "g4": "wrong", "g5": "correct",
                         "g6": "correct", "g7": "wrong", "g8": "wrong_format"}
+    with LoopbackServer(lambda request: "pyautogui.click(x=0.1, y=0.2)") as server:
+        code = run_cli(["eval", "screenspot", str(data), "--subset", "refined", "--out", str(tmp_path / "refined"),
+                        "--base-url", server.base_url, "--no-progress"])
+        assert code == 0 and len(server.requests) == 2
+    refined_rows = [json.loads(x) for x in (tmp_path / "refined" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["instruction"] for r in refined_rows) == ["refined g1", "refined g2"]

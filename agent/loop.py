@@ -333,6 +333,8 @@ class Agent:
             overturned = record.verification is not None and not record.verification.accepted
             if any(a.type in ("done", "fail") for a in executed) and not overturned:
                 raise ValueError(f"the run in {out_dir} already finished at step {record.step}; nothing to resume")
+        if records and records[-1].verification is not None and not records[-1].verification.accepted:
+            self._notes.append(overturned_note(records[-1].verification))  # the check's reason, as before the stop
         next_step = (records[-1].step + 1) if records else 1
         intent = read_intent(out_dir)
         if intent is not None and intent.record.step < next_step:

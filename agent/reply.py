@@ -5,13 +5,26 @@ from pydantic import BaseModel, Field
 
 from actions.parser import THINK_CLOSE, THINK_OPEN, split_reply
 
-__all__ = ["THINK_CLOSE", "THINK_OPEN", "ModelReply", "Usage", "make_reply", "split_thinking"]
+__all__ = ["THINK_CLOSE", "THINK_OPEN", "ModelReply", "RequestStats", "Usage", "make_reply", "split_thinking"]
+
+
+class RequestStats(BaseModel):
+    """What the client sent for one reply (every request of it: a re-sent one counts too)."""
+
+    bytes: int = 0  # request bodies as sent (HTTP Content-Length)
+    requests: int = 0
+    images_with_data: int = 0  # images sent with their bytes (in the request that was answered)
+    images_by_uuid: int = 0  # images named by uuid alone, held by the server from an earlier request
+    resent: int = 0  # requests sent again with every image's data: the server did not hold an image it was named
+    uuids_refused: int = 0  # requests sent again without uuids: the server refused them
 
 
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int | None = None  # prompt tokens served from the server's prefix cache, when it says
+    request: RequestStats | None = None  # set by agent.models.vllm: bytes and images sent
 
 
 class ModelReply(BaseModel):

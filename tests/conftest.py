@@ -55,26 +55,72 @@ def app(xdisplay, tmp_path):
     yield state
     proc.terminate()
     proc.wait(timeout=5)
-from tests.real_vllm import real_vllm, real_vllm_limited  # noqa: F401,E402
-from tests import real_vllm as _real_vllm  # noqa: E402
+from tests.real_vllm import real_vllm, real_vllm_agent, real_vllm_limited  # noqa: F401,E402
+from tests.real_vllm import POOL, SHARED_SETTINGS  # noqa: E402
 
-_LAST_USER: dict[str, str] = {}  # shared real-vLLM fixture -> node id of the last test (of this run) that uses it
+# ---- the real vLLM servers: each started once, ahead of its first test, stopped after its last, two at most at once.
+# A start costs 50-150 s on 2 cores. The shared servers of tests/real_vllm.py (POOL) start in a background thread as
+# soon as one of the two slots is free, in the order the session first needs them, so a start overlaps the tests
+# before it; `kimi-cua serve` (tests/models/test_serve_real_vllm.py's module fixture ``served``) is started by its
+# own fixture and holds a slot from its first test to its last.
+SERVED = "served"
+MAX_SERVERS = 2
+_FIRST: dict[str, int] = {}
+_LAST: dict[str, int] = {}
+_INDEX: dict[str, int] = {}
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """The agent-loop run (its own server) goes last: its server can then start while the tests of the other two
+    run, instead of waiting for a slot between them."""
+    items.sort(key=lambda item: "real_vllm_agent" in getattr(item, "fixturenames", ()))  # stable
 
 
 def pytest_collection_finish(session) -> None:
-    """Note the last test that needs each shared real vLLM: the server stops right after it (3.5 GB and a share of
-    the CPU each, and tests/real_vllm.py keeps at most two of them running with the module servers)."""
-    _LAST_USER.clear()
-    for item in session.items:
-        for name in ("real_vllm", "real_vllm_limited"):
+    _FIRST.clear()
+    _LAST.clear()
+    _INDEX.clear()
+    for index, item in enumerate(session.items):
+        _INDEX[item.nodeid] = index
+        for name in (*SHARED_SETTINGS, SERVED):
             if name in getattr(item, "fixturenames", ()):
-                _LAST_USER[name] = item.nodeid
+                _FIRST.setdefault(name, index)
+                _LAST[name] = index
+
+
+def _schedule(index: int, config) -> None:
+    """Before test ``index``: start in the background the servers needed soonest, while a slot is free."""
+    busy = sum(POOL.running(name) for name in SHARED_SETTINGS if name in _FIRST)
+    busy += _FIRST.get(SERVED, -1) <= index <= _LAST.get(SERVED, -1)
+    upcoming = sorted((_FIRST[name], name) for name in _FIRST
+                      if _LAST[name] >= index and not POOL.started(name) and (name != SERVED or _FIRST[name] > index))
+    for _, name in upcoming:
+        if busy >= MAX_SERVERS:
+            break
+        busy += 1  # `served` only reserves its slot: its fixture starts it
+        if name != SERVED:
+            POOL.prestart(name, config._tmp_path_factory)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    if _FIRST and item.nodeid in _INDEX:
+        _schedule(_INDEX[item.nodeid], item.config)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     yield  # the test's own fixtures are torn down first (e.g. a module's client of the server)
-    for name, nodeid in _LAST_USER.items():
-        if nodeid == item.nodeid:
-            _real_vllm.stop_shared(name)
+    index = _INDEX.get(item.nodeid)
+    for name in SHARED_SETTINGS:
+        if index is not None and _LAST.get(name) == index:
+            POOL.stop(name)
+    if index is not None and nextitem is not None and nextitem.nodeid in _INDEX:
+        _schedule(_INDEX[nextitem.nodeid], item.config)  # a slot just freed: start the next server now
+
+
+def pytest_sessionfinish(session) -> None:
+    POOL.stop_all()  # whatever a failed, skipped or interrupted test left running
+
+
 from tests.osworld_support import osworld_workers  # noqa: E402,F401  (one desktop-env worker per session)

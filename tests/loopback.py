@@ -171,6 +171,8 @@ class LoopbackServer:
         self._lock = threading.Lock()
         self._next = 0
         self._images_by_uuid: dict[str, tuple[int, int]] = {}
+        self._urls_by_uuid: dict[str, str] = {}  # to show policies (and ``requests``) the image a uuid names
+        self.sent: list[dict[str, Any]] = []  # every request body exactly as received (``requests``: uuids resolved)
         self.mm_cache_drift = mm_cache_drift and vllm_version != "0.9"
         self.cache_drifts = 0  # requests answered 500 because of the multimodal cache drift
         self._drifted: set[str] = set()  # images vLLM's API process believes the engine holds, wrongly
@@ -265,7 +267,38 @@ class LoopbackServer:
         if key is not None:
             with self._lock:
                 self._images_by_uuid[str(key)] = size
+                self._urls_by_uuid[str(key)] = str(url)
         return size
+
+    def forget_images(self) -> None:
+        """Empty the image cache, as a restarted vLLM has it: images named by uuid alone are refused again."""
+        with self._lock:
+            self._images_by_uuid.clear()
+            self._urls_by_uuid.clear()
+
+    def resolved(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The body with each image given by uuid alone replaced by its data (what the model sees), for policies
+        and ``requests``; the body itself when it names none."""
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return body
+        changed, out = False, []
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if not isinstance(content, list):
+                out.append(message)
+                continue
+            parts = []
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "image_url" and part.get("uuid") is not None \
+                        and (part.get("image_url") or {}).get("url") is None:
+                    with self._lock:
+                        url = self._urls_by_uuid.get(str(part["uuid"]))
+                    if url is not None:
+                        part, changed = {"type": "image_url", "image_url": {"url": url}, "uuid": part["uuid"]}, True
+                parts.append(part)
+            out.append({**message, "content": parts})
+        return {**body, "messages": out} if changed else body
 
     def _too_many_images(self) -> Refusal:
         message = f"At most {self.max_images} image(s) may be provided in one prompt."
@@ -522,8 +555,16 @@ def _make_handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
                 return
             with server._lock:
                 server.requests.append(body)
+                server.sent.append(body)
             try:
                 count, allowed = server.admit(body)
+                received, body = body, server.resolved(body)  # images named by uuid alone, as the model sees them
+                if body is not received:
+                    with server._lock:
+                        for i in range(len(server.requests) - 1, -1, -1):
+                            if server.requests[i] is received:
+                                server.requests[i] = body
+                                break
             except Refusal as refusal:
                 server.refusals.append(refusal.message)
                 server._images_refused(refusal.processed_images)

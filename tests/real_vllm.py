@@ -10,17 +10,13 @@ Use a session fixture (registered in tests/conftest.py)::
   tokens), at most 2 images a prompt, ``--max-num-batched-tokens 2048`` (an encoder cache of 2048 tokens, below one
   1080p screenshot), kimi-cua's reasoning parser plugin and structured outputs enforced inside the thinking. The
   contract suite's limited scenarios, the client's refusal tests (tests/models/test_vllm_real.py) and doctor and
-  the eval preflight (tests/models/test_serve_real_vllm.py) all use this one server.
+  the eval preflight (tests/models/test_serve_real_vllm.py) all use this one server;
+- ``real_vllm_agent`` (``AGENT``): the agent loop's (tests/test_agent_real_vllm.py), max_model_len 4352 and an
+  encoder cache as big (one 4K screenshot fits), in_token_limit 16384, at most 2 images.
 
-A vLLM start costs 50-150 s on 2 cores, so each is started once, when its first test needs it, and stopped right
-after the last test of the session that uses it (tests/conftest.py), so that at most two run at once with the
-module servers of tests/test_agent_real_vllm.py and tests/models/test_serve_real_vllm.py.
-
-or start a server with other settings (stop it yourself, or use it as a context manager)::
-
-    with start_vllm(max_model_len=8192, limit_mm_per_prompt={"image": 2}, max_num_batched_tokens=2048,
-                    in_token_limit=16384, log_path=tmp_path / "vllm.log") as server:
-        ...
+A vLLM start costs 50-150 s on 2 cores. Each shared server is started once (``POOL``): tests/conftest.py starts it in
+a background thread ahead of the first test that needs it, as soon as fewer than two servers run (counting the
+`kimi-cua serve` of tests/models/test_serve_real_vllm.py), and stops it right after the last test that uses it.
 
 - The venv is found at ``<project>/.venv-vllm`` (override: ``KIMI_CUA_VLLM_VENV``). When it is missing the fixture
   fails with one line telling to run ``bash scripts/install_vllm.sh``; with ``KIMI_CUA_NO_VLLM=1`` it skips instead.
@@ -32,8 +28,8 @@ or start a server with other settings (stop it yourself, or use it as a context 
   60-90 s per start and its AOT cache fails to reload (``'function' object has no attribute 'finalize_loading'``),
   so a "warm" start compiles again; eager serves the same API.
 
-This module imports only the standard library and pytest: the project's environment needs no vLLM, torch or
-transformers.
+This module imports only the standard library, pytest and kimi-cua's own reasoning parser file (for its path): the
+project's environment needs no vLLM, torch or transformers.
 """
 from __future__ import annotations
 
@@ -45,6 +41,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -109,7 +106,7 @@ def tiny_model(in_token_limit: int = 4096, python: Path | None = None) -> TinyMo
     if (target / "tiny_kimi_vl.json").exists():
         return TinyModel(target, 0.0, True, in_token_limit)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    staging = target.with_name(f"{target.name}.tmp{os.getpid()}-{threading.get_ident()}")
     start = time.monotonic()
     proc = subprocess.run(
         [str(python), "-m", "tests.tiny_kimi_vl", str(staging), "--in-token-limit", str(in_token_limit)],
@@ -252,10 +249,12 @@ def start_vllm(
     log_path: Path | None = None,
     timeout: float = DEFAULT_START_TIMEOUT,
     env: Mapping[str, str] | None = None,
+    cancel: threading.Event | None = None,
 ) -> VllmServer:
     """Start the real vLLM on the tiny Kimi-VL and wait for /health. Raises VllmStartError (with the log tail).
 
-    Call ``.stop()`` (or use ``with``). Only 127.0.0.1 and ports 8100-8119 are used.
+    Call ``.stop()`` (or use ``with``). Only 127.0.0.1 and ports 8100-8119 are used. Setting ``cancel`` (from another
+    thread) stops a start that is still waiting for /health.
     """
     python = require_vllm_python()
     model = tiny_model(in_token_limit, python)
@@ -306,6 +305,9 @@ def start_vllm(
                 if _get(f"{server.root_url}/health", timeout=2)[0] == 200:
                     server.start_seconds = time.monotonic() - start
                     return server
+            if cancel is not None and cancel.is_set():
+                server.stop(timeout=10)
+                raise VllmStartError(f"start cancelled; log {log_path}")
             if time.monotonic() > deadline:
                 server.stop(timeout=10)
                 raise VllmStartError(f"vLLM not healthy after {timeout:.0f} s; log {log_path}:\n"
@@ -314,35 +316,110 @@ def start_vllm(
     raise VllmStartError(f"ports {tried} were taken while vLLM started; log {log_path}")
 
 
+# ---- the session's shared servers ----------------------------------------------------------------------------------
 LIMITED = {"max_model_len": 4096, "in_token_limit": 16384, "limit_mm_per_prompt": {"image": 2},
            "max_num_batched_tokens": 2048}
-
-# The session's shared servers by fixture name; tests/conftest.py stops each after the last test that uses it.
-SHARED: dict[str, VllmServer] = {}
-
-
-def stop_shared(name: str) -> None:
-    server = SHARED.pop(name, None)
-    if server is not None:
-        server.stop()
-        print(f"\n{name}: stopped after its last test", file=sys.stderr)
+# tests/test_agent_real_vllm.py: one 4K screenshot (4,214 tokens) + its text fits, small enough for the run to overflow
+AGENT = {"max_model_len": 4352, "in_token_limit": 16384, "limit_mm_per_prompt": {"image": 2},
+         "max_num_batched_tokens": 4352}
 
 
-def _shared_server(name: str, tmp_path_factory, **settings) -> Iterator[VllmServer]:
+def _limited_settings() -> dict:
+    from agent.models import kimi_vl_reasoning  # a plain file vLLM loads; importing it needs no vLLM
+
+    plugin = Path(kimi_vl_reasoning.__file__).resolve()
+    return {**LIMITED, "extra_args": [
+        "--reasoning-parser-plugin", str(plugin), "--reasoning-parser", kimi_vl_reasoning.PARSER_NAME,
+        "--structured-outputs-config", json.dumps({"enable_in_reasoning": True})]}
+
+
+SHARED_SETTINGS = {"real_vllm": dict, "real_vllm_limited": _limited_settings, "real_vllm_agent": lambda: dict(AGENT)}
+
+
+@dataclass
+class _Entry:
+    thread: threading.Thread
+    cancel: threading.Event
+    server: VllmServer | None = None
+    error: BaseException | None = None
+    stopped: bool = False
+
+
+class ServerPool:
+    """The shared servers by fixture name, each started once: in the background ahead of its first test
+    (``prestart``, scheduled by tests/conftest.py) or when a fixture asks (``get``), and stopped after its last test."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, _Entry] = {}
+        self.lock = threading.Lock()
+
+    def prestart(self, name: str, tmp_path_factory) -> None:
+        with self.lock:
+            if name in self.entries:
+                return
+            settings = SHARED_SETTINGS[name]()
+            log_path = tmp_path_factory.mktemp(name) / "vllm.log"
+            cancel = threading.Event()
+            entry = _Entry(threading.Thread(target=self._start, args=(name, settings, log_path, cancel),
+                                            name=f"start {name}", daemon=True), cancel)
+            self.entries[name] = entry
+        entry.thread.start()
+
+    def _start(self, name: str, settings: dict, log_path: Path, cancel: threading.Event) -> None:
+        entry = self.entries[name]
+        try:
+            entry.server = start_vllm(log_path=log_path, cancel=cancel, **settings)
+        except BaseException as err:  # raised again in the test that needs the server
+            entry.error = err
+            return
+        # past pytest's capture: when the servers come and go is part of the suite's time
+        print(f"\n[{time.strftime('%H:%M:%S')}] {name}: {entry.server.base_url} up in {entry.server.start_seconds:.0f} s "
+              f"(model build {entry.server.build_seconds:.1f} s), log {log_path}", file=sys.__stderr__, flush=True)
+
+    def started(self, name: str) -> bool:
+        return name in self.entries
+
+    def running(self, name: str) -> bool:
+        return name in self.entries and not self.entries[name].stopped
+
+    def get(self, name: str, tmp_path_factory) -> VllmServer:
+        self.prestart(name, tmp_path_factory)
+        entry = self.entries[name]
+        entry.thread.join()
+        if entry.error is not None:
+            raise entry.error
+        assert entry.server is not None and not entry.stopped, f"{name} was stopped before this test"
+        return entry.server
+
+    def stop(self, name: str) -> None:
+        entry = self.entries.get(name)
+        if entry is None or entry.stopped:
+            return
+        entry.stopped = True
+        entry.cancel.set()
+        entry.thread.join()
+        if entry.server is not None:
+            entry.server.stop()
+            print(f"\n[{time.strftime('%H:%M:%S')}] {name}: stopped", file=sys.__stderr__, flush=True)
+
+    def stop_all(self) -> None:
+        for name in list(self.entries):
+            self.stop(name)
+
+
+POOL = ServerPool()
+
+
+def _shared_server(name: str, tmp_path_factory) -> Iterator[VllmServer]:
     require_vllm_python()
-    log_path = tmp_path_factory.mktemp(name) / "vllm.log"
     try:
-        server = start_vllm(log_path=log_path, **settings)
+        server = POOL.get(name, tmp_path_factory)
     except VllmStartError as err:
         pytest.fail(str(err), pytrace=False)
-    print(f"\n{name}: {server.base_url} up in {server.start_seconds:.1f} s "
-          f"(model build {server.build_seconds:.2f} s), log {server.log_path}", file=sys.stderr)
-    SHARED[name] = server
     try:
         yield server
     finally:
-        SHARED.pop(name, None)
-        server.stop()
+        POOL.stop(name)
 
 
 @pytest.fixture(scope="session")
@@ -359,11 +436,11 @@ def real_vllm(tmp_path_factory) -> Iterator[VllmServer]:
 def real_vllm_limited(tmp_path_factory) -> Iterator[VllmServer]:
     """The real vLLM with limits (``LIMITED``: 4096 context, Thinking-2506's image rule, 2 images a prompt, an encoder
     cache of 2048 tokens) and kimi-cua's reasoning parser plugin, shared by the session."""
-    from agent.models import kimi_vl_reasoning  # a plain file vLLM loads; importing it needs no vLLM
+    yield from _shared_server("real_vllm_limited", tmp_path_factory)
 
-    plugin = Path(kimi_vl_reasoning.__file__).resolve()
-    yield from _shared_server(
-        "real_vllm_limited", tmp_path_factory, **LIMITED,
-        extra_args=["--reasoning-parser-plugin", str(plugin), "--reasoning-parser", kimi_vl_reasoning.PARSER_NAME,
-                    "--structured-outputs-config", json.dumps({"enable_in_reasoning": True})],
-    )
+
+@pytest.fixture(scope="session")
+def real_vllm_agent(tmp_path_factory) -> Iterator[VllmServer]:
+    """The real vLLM for the agent loop (``AGENT``: 4352 context and encoder cache, Thinking-2506's image rule, 2
+    images a prompt)."""
+    yield from _shared_server("real_vllm_agent", tmp_path_factory)

@@ -66,6 +66,9 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     local.add_argument("--chromium-port", type=port, default=9222, help="Chrome's CDP port in the tasks (default 9222)")
     local.add_argument("--vlc-port", type=port, default=8080, help="VLC's HTTP port in the tasks (default 8080)")
     local.add_argument("--client-password", default="password", help="{CLIENT_PASSWORD} (default 'password')")
+    local.add_argument("--verify-done", action=argparse.BooleanOptionalAction, default=True,
+                       help="check every DONE: a fresh screenshot and the model asked in a short fresh context whether "
+                       "the task is complete; done stands only on a clear yes (default on; --no-verify-done: off)")
     local.add_argument("--install-osworld", action="store_true",
                        help="first install OSWorld's code in .venv-osworld (scripts/install_osworld.sh)")
     _model_arguments(local)
@@ -125,7 +128,7 @@ def run_local_command(args: argparse.Namespace) -> int:
                               sandbox=not args.no_sandbox, sandbox_network=args.sandbox_network,
                               cache_dir=args.cache_dir, task_timeout=args.task_timeout, port_range=args.ports,
                               chromium_port=args.chromium_port, vlc_port=args.vlc_port,
-                              client_password=args.client_password)
+                              client_password=args.client_password, verify_done=args.verify_done)
     if options.sandbox:
         from agent.safety.sandbox import SandboxUnavailable, check_bubblewrap
 
@@ -138,6 +141,8 @@ def run_local_command(args: argparse.Namespace) -> int:
     def show(result: LocalTaskResult) -> None:
         score = "-" if result.score is None else f"{result.score:g}"
         note = f"  ({result.reason or result.error})" if result.reason or result.error else ""
+        if result.done_overturned:
+            note += f"  ({result.done_overturned} of {result.done_checked} DONE overturned by the check)"
         print(f"{result.domain}/{result.task_id}: {result.status}, score {score}, {result.steps}/{result.max_steps} "
               f"steps, {result.seconds:.0f} s{note}", flush=True)
 

@@ -104,6 +104,9 @@ def _step_state(record: StepRecord) -> str:
     if stopped:
         return f"ok, then stopped ({stopped[:60]})"
     terminal = next((a for a in record.actions if a.type in ("done", "fail")), None)
+    verification = getattr(record, "verification", None)
+    if verification is not None and not verification.accepted:
+        return f"done overturned by the check ({verification.verdict}: {verification.reason[:60]})"
     if terminal is not None:
         return "done" if terminal.type == "done" else "fail (the agent gave up)"
     return "ok"
@@ -126,6 +129,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=positive_float, default=300.0, help="seconds a whole reply may take, then it is retried "
                    "(default 300)")
     g.add_argument("--retries", type=nonnegative_int, default=3, help="retries of transient server faults (default 3)")
+    g.add_argument("--resend-images", choices=["auto", "always"], default="auto",
+                   help="auto: each screenshot's bytes go to a vLLM once, later requests name it by uuid (default); "
+                   "always: every request carries every image")
 
 
 def client_from(args: argparse.Namespace) -> ModelClient:
@@ -136,7 +142,8 @@ def client_from(args: argparse.Namespace) -> ModelClient:
 
         return TransformersClient(args.model, variant=args.variant or "thinking-2506")
     return VLLMClient(args.base_url, model=args.model, api_key=args.api_key, timeout=args.timeout,
-                      retries=args.retries, variant=args.variant, on_retry=_print_retry, on_notice=_print_notice)
+                      retries=args.retries, variant=args.variant, on_retry=_print_retry, on_notice=_print_notice,
+                      resend_images=getattr(args, "resend_images", "auto"))
 
 
 def _print_retry(event: RetryEvent) -> None:
@@ -173,6 +180,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--show-thinking", action="store_true", help="print the model's output live as it streams")
     g.add_argument("--step", action="store_true", help="step through: before every action show the step and an "
                    "annotated screenshot, then execute, edit, skip, retry, continue N, break TYPE or stop (type help)")
+    g.add_argument("--verify-done", action=argparse.BooleanOptionalAction, default=None,
+                   help="when the model answers done, take a fresh screenshot and ask it in a short fresh context "
+                   "whether the task is complete; done stands only on a clear yes, else the reason goes back to the "
+                   "model and the run goes on (default off for run, on for eval local)")
     g.add_argument("--break-on", action="append", default=[], metavar="TYPE", choices=BREAK_TYPES,
                    help="step through, but pause only before actions of TYPE (repeatable; 'error' = unparseable)")
     p.set_defaults(handler=run_command)
@@ -182,7 +193,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 RESUMED_SETTINGS = ("base_url", "model", "variant", "backend", "temperature", "max_tokens", "timeout", "retries",
                     "max_steps", "coords", "zoom", "max_images", "max_context", "reply_reserve", "no_stream", "env",
                     "osworld_url", "display", "monitor", "size", "no_wm", "launch", "settle", "settle_ms",
-                    "max_settle_ms", "encoding", "sandbox", "sandbox_network")
+                    "max_settle_ms", "encoding", "sandbox", "sandbox_network", "verify_done")
 
 
 def run_settings(args: argparse.Namespace) -> dict:
@@ -267,7 +278,7 @@ def run_command(args: argparse.Namespace) -> int:
     config = AgentConfig(max_steps=args.max_steps, out_dir=args.out, coordinate_mode=args.coords,
                          variant=args.variant, temperature=args.temperature, max_tokens=args.max_tokens,
                          stream=not args.no_stream, max_context=args.max_context, max_images=args.max_images,
-                         reply_reserve=args.reply_reserve, zoom=args.zoom,
+                         reply_reserve=args.reply_reserve, verify_done=bool(args.verify_done), zoom=args.zoom,
                          model_dir=args.model_dir or (Path(args.model) if args.backend == "transformers" else None))
     stepper = None
     if args.step or args.break_on:

@@ -82,7 +82,9 @@ def stop_reason(record: StepRecord) -> str | None:
 
 def terminal_reached(record: StepRecord) -> str | None:
     """"done" or "fail" when the step's done/fail action was reached (every action before it ran and
-    succeeded, nothing skipped or stopped); otherwise None."""
+    succeeded, nothing skipped or stopped, a checked DONE confirmed); otherwise None."""
+    if record.verification is not None and not record.verification.accepted:
+        return None
     for index, action in enumerate(record.actions):
         if action.type in ("done", "fail"):
             results = record.results or [record.result]
@@ -255,6 +257,24 @@ def _retries(record: StepRecord) -> str:
             f'<ul class="retries">{"".join(items)}</ul>')
 
 
+def _checks(run_dir: Path, record: StepRecord, page_dir: Path) -> str:
+    """--verify-done's check of a DONE, and what the loop guard saw at this step."""
+    out = ""
+    v = record.verification
+    if v is not None:
+        outcome = "confirmed: the run ended with done" if v.accepted else "overturned: the reason went back to the model"
+        shot = (f' &middot; <a href="{quote(os.path.relpath(run_dir / v.screenshot, page_dir))}" target="_blank">'
+                "screenshot checked</a>") if v.screenshot else ""
+        out += (f'<div class="label">done checked (--verify-done)</div><div class="verify">verdict '
+                f"<b>{_e(v.verdict)}</b>, {_e(outcome)}{shot}<br>reason: {_e(v.reason)}</div>")
+    if record.loop_guard:
+        tiers = {1: "note 1", 2: "note 2 (stronger)", 3: "stop"}
+        items = "".join(f"<li>{_e(e.shape)}, {_e(tiers.get(e.tier, e.tier))}: {_e(e.message)}</li>"
+                        for e in record.loop_guard)
+        out += f'<div class="label">loop guard</div><ul class="loop-guard">{items}</ul>'
+    return out
+
+
 def _step(run_dir: Path, record: StepRecord, page_dir: Path | None = None) -> str:
     failed = step_failed(record)
     kind = step_kind(record)
@@ -297,6 +317,9 @@ def _step(run_dir: Path, record: StepRecord, page_dir: Path | None = None) -> st
         answer = getattr(terminal, "answer", None)
         result = "done" + (f": {answer}" if answer else "")
         badge = '<span class="badge done">done</span>'
+    elif record.verification is not None and not record.verification.accepted:
+        result = "done, overturned by the check"
+        badge = '<span class="badge stopped">done overturned</span>'
     else:
         result = "ok"
     if record.result.settle_ms is not None:
@@ -324,6 +347,7 @@ def _step(run_dir: Path, record: StepRecord, page_dir: Path | None = None) -> st
 <div class="label">summary</div><pre>{_e(record.summary) or '(empty)'}</pre>
 <div class="label">actions (screen pixels)</div><ul>{actions}</ul>
 {_retries(record)}
+{_checks(run_dir, record, page_dir or run_dir)}
 <div class="label">result</div><div class="result">{_e(result)}</div>
 <div class="label">tokens</div><div>{tokens}</div>
 <div class="label">timings</div><table class="timings">{timings}</table>

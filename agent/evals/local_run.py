@@ -238,6 +238,7 @@ def run_local_task(item: TaskFile, options: LocalRunOptions, runner: TaskRunner 
             stage = "the agent run"
             result.agent_status, result.steps, result.error = _run_agent(item, options, runner, vd.display,
                                                                          task_dir / "run", budget)
+            result.done_checked, result.done_overturned = done_checks(task_dir / "run")
             if result.agent_status == "error":
                 result.status = "agent_error"
             else:
@@ -266,6 +267,17 @@ def run_local_task(item: TaskFile, options: LocalRunOptions, runner: TaskRunner 
     result.seconds = round(time.monotonic() - start, 2)
     (task_dir / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
     return result
+
+
+def done_checks(run_dir: Path) -> tuple[int, int]:
+    """(DONE answers checked by --verify-done, of which overturned) in a run's trajectory; (0, 0) without one."""
+    from agent.trajectory import read_trajectory
+
+    try:
+        checks = [r.verification for r in read_trajectory(run_dir) if r.verification is not None]
+    except (OSError, ValueError):
+        return 0, 0
+    return len(checks), sum(1 for v in checks if not v.accepted)
 
 
 def _with_budget(pool: WorkerPool, budget: _Budget, call: Callable[[], Any]) -> Any:
@@ -393,7 +405,10 @@ def run_local_suite(items: list[TaskFile], options: LocalRunOptions, runner: Tas
                "table": [row.model_dump() for row in status_table(results)],
                "errors": {f"{r.domain}/{r.task_id}": r.error for r in results if r.error},
                "unsupported": {f"{r.domain}/{r.task_id}": r.reason for r in results if r.status == "unsupported"},
-               "bad_files": [p.model_dump() for p in problems or []]}
+               "bad_files": [p.model_dump() for p in problems or []],
+               "verify_done": {"enabled": options.verify_done, "checked": sum(r.done_checked for r in results),
+                               "overturned": sum(r.done_overturned for r in results),
+                               "tasks_with_overturned": sum(1 for r in results if r.done_overturned)}}
     (options.out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return results
 
@@ -407,6 +422,8 @@ class StatusRow(BaseModel):
     infra_error: int = 0
     timeout: int = 0
     unsupported: int = 0
+    done_checked: int = 0  # DONE answers checked by --verify-done
+    overturned: int = 0  # ... that the check overturned
 
 
 def status_table(results: Iterable[LocalTaskResult]) -> list[StatusRow]:
@@ -421,17 +438,21 @@ def status_table(results: Iterable[LocalTaskResult]) -> list[StatusRow]:
         counts = Counter(r.status for r in rs)
         rows.append(StatusRow(domain=domain, scored=len(scored), success=counts["success"],
                               mean_score=sum(r.score or 0.0 for r in scored) / len(scored) if scored else None,
-                              **{s: counts[s] for s in UNSCORED}))
+                              **{s: counts[s] for s in UNSCORED},
+                              done_checked=sum(r.done_checked for r in rs),
+                              overturned=sum(r.done_overturned for r in rs)))
     return rows
 
 
 def format_status_table(rows: list[StatusRow]) -> str:
     lines = [f"{'domain':<22} {'scored':>6} {'success':>7} {'rate':>7} {'score':>6} | {'agent_err':>9} "
-             f"{'infra_err':>9} {'timeout':>7} {'unsupported':>11}"]
+             f"{'infra_err':>9} {'timeout':>7} {'unsupported':>11} | {'done_checked':>12} {'overturned':>10}"]
     for row in rows:
         rate = f"{row.success / row.scored:.1%}" if row.scored else "-"
         score = f"{row.mean_score:.3f}" if row.mean_score is not None else "-"
         lines.append(f"{row.domain:<22} {row.scored:>6} {row.success:>7} {rate:>7} {score:>6} | {row.agent_error:>9} "
-                     f"{row.infra_error:>9} {row.timeout:>7} {row.unsupported:>11}")
-    lines.append("scored = success + fail (rate and score over these); the rest never got a score")
+                     f"{row.infra_error:>9} {row.timeout:>7} {row.unsupported:>11} | {row.done_checked:>12} "
+                     f"{row.overturned:>10}")
+    lines.append("scored = success + fail (rate and score over these); the rest never got a score; done_checked: DONE "
+                 "answers checked by --verify-done, overturned: those the check did not confirm (the run went on)")
     return "\n".join(lines)

@@ -70,6 +70,7 @@ class LocalRunOptions(BaseModel):
     chromium_port: int = 9222  # where the tasks' Chrome listens for CDP (OSWorld's tasks: socat 9222 -> 1337)
     vlc_port: int = 8080  # VLC's HTTP interface
     client_password: str = "password"  # {CLIENT_PASSWORD}, as DesktopEnv's default for local providers
+    verify_done: bool = True  # a DONE stands only when a fresh check says the task is complete (agent/verify.py)
 
 
 class LocalTaskResult(BaseModel):
@@ -86,6 +87,8 @@ class LocalTaskResult(BaseModel):
     reason: str | None = None  # why an unsupported task cannot run here
     seconds: float = 0.0
     out_dir: str = ""
+    done_checked: int = 0  # DONE answers checked by --verify-done
+    done_overturned: int = 0  # ... of which the check did not confirm (the run went on)
 
 
 class TaskRunner(Protocol):
@@ -100,14 +103,16 @@ def agent_runner(options: LocalRunOptions) -> TaskRunner:
     def run(instruction: str, display: str, out_dir: Path) -> tuple[str, int, str | None]:
         from agent.models.vllm import VLLMClient
         from agent.loop import Agent, AgentConfig
+        from agent.safety.loop_guard import LoopGuard
         from envs.desktop import LocalDesktop
 
         client = VLLMClient(options.base_url, model=options.model, api_key=options.api_key)
-        config = AgentConfig(max_steps=options.max_steps, out_dir=out_dir, stream=False, **options.agent)
+        config = AgentConfig(max_steps=options.max_steps, out_dir=out_dir, stream=False,
+                             **{"verify_done": options.verify_done, **options.agent})
         env = LocalDesktop(display=display)
         try:
             # Agent installs the default safety policy: unattended, so what needs confirmation is refused.
-            result = Agent(env, client, config).run(instruction)
+            result = Agent(env, client, config, hooks=LoopGuard()).run(instruction)
         finally:
             env.close()
         return result.status, result.steps, result.error

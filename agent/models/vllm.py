@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from agent.reply import THINK_CLOSE, THINK_OPEN, ModelReply, Usage, make_reply
+from agent.models.image_cache import RESEND_CHOICES, Prepared, ServerImages, is_cache_miss, prepare, server_images
+from agent.reply import THINK_CLOSE, THINK_OPEN, ModelReply, RequestStats, Usage, make_reply
 
 if TYPE_CHECKING:
     import openai
@@ -63,6 +64,7 @@ def _sdk() -> ModuleType:
 class ServedModel(BaseModel):
     id: str
     max_model_len: int | None = None
+    owned_by: str | None = None  # "vllm" on vLLM
 
 
 class VariantDefaults(BaseModel):
@@ -392,9 +394,19 @@ def _reasoning_of(message: dict[str, Any]) -> str | None:
 
 def _usage(raw: Any) -> Usage:
     try:
-        return Usage.model_validate(raw) if isinstance(raw, dict) else Usage()
+        usage = Usage.model_validate(raw) if isinstance(raw, dict) else Usage()
     except ValidationError:
         return Usage()
+    usage.request = None  # what the client sent is the client's to say, never the server's
+    details = raw.get("prompt_tokens_details") if isinstance(raw, dict) else None
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    usage.cached_tokens = cached if isinstance(cached, int) and not isinstance(cached, bool) else None
+    return usage
+
+
+def _count_images(messages: list[dict[str, Any]]) -> int:
+    return sum(1 for m in messages if isinstance(m.get("content"), list)
+               for p in m["content"] if isinstance(p, dict) and p.get("type") == "image_url")
 
 
 def _short(value: Any, limit: int = 200) -> str:
@@ -433,8 +445,11 @@ class VLLMClient:
         variant: str | None = None,
         on_retry: Callable[[RetryEvent], None] | None = None,
         on_notice: Callable[[Notice], None] | None = None,
+        resend_images: str = "auto",
     ) -> None:
         sdk = _sdk()
+        if resend_images not in RESEND_CHOICES:
+            raise ValueError(f"resend_images={resend_images!r}: expected one of {', '.join(RESEND_CHOICES)}")
         if client is not None:
             if base_url is not None and base_url.rstrip("/") != str(client.base_url).rstrip("/"):
                 raise ValueError(f"base_url={base_url!r} differs from the given client's {str(client.base_url)!r}; "
@@ -464,6 +479,9 @@ class VLLMClient:
         self._served: list[ServedModel] | None = None
         self._reached = False  # any HTTP answer seen: later connection faults are outages, not misconfiguration
         self.max_tokens_cap: int | None = None  # learned from a MaxTokensTooLarge refusal, for the session
+        # "auto": each image's bytes go to the server once, later requests name it by uuid (agent/models/image_cache);
+        # "always": every request carries every image's data, without uuids.
+        self.resend_images = resend_images
 
     # ---- discovery -------------------------------------------------------------------------------
     def models(self) -> list[ServedModel]:
@@ -479,7 +497,9 @@ class VLLMClient:
                 if not isinstance(data, list) or not all(isinstance(m, dict) and "id" in m for m in data):
                     raise _Transient(f"{self.base_url}/models answered without a model list: {_short(body)}")
                 return [ServedModel(id=str(m["id"]), max_model_len=m.get("max_model_len")
-                                    if isinstance(m.get("max_model_len"), int) else None) for m in data]
+                                    if isinstance(m.get("max_model_len"), int) else None,
+                                    owned_by=m["owned_by"] if isinstance(m.get("owned_by"), str) else None)
+                        for m in data]
             self._served = self._with_retries(attempt)
         return self._served
 
@@ -515,30 +535,102 @@ class VLLMClient:
         wanted = self.defaults.max_tokens if max_tokens is None else max_tokens
         notices: list[str] = []
         started = time.perf_counter()
+        stats = RequestStats()
         for lowered in (False, True):
             limit = wanted if self.max_tokens_cap is None else min(wanted, self.max_tokens_cap)
-            request = {
-                "model": self.model,
-                "messages": messages,
-                "temperature": self.defaults.temperature if temperature is None else temperature,
-                "max_tokens": limit,
-                # Keep the thinking markers: they are special tokens that vLLM would otherwise strip.
-                "extra_body": {"skip_special_tokens": False, **(extra or {})},
-            }
             streamed = stream or on_delta is not None
-            if streamed:
-                request["stream"] = True
-                request["stream_options"] = {"include_usage": True}
+
+            def make_request(sent: list[dict[str, Any]], limit: int = limit,
+                             streamed: bool = streamed) -> dict[str, Any]:
+                request = {
+                    "model": self.model,
+                    "messages": sent,
+                    "temperature": self.defaults.temperature if temperature is None else temperature,
+                    "max_tokens": limit,
+                    # Keep the thinking markers: they are special tokens that vLLM would otherwise strip.
+                    "extra_body": {"skip_special_tokens": False, **(extra or {})},
+                }
+                if streamed:
+                    request["stream"] = True
+                    request["stream_options"] = {"include_usage": True}
+                return request
+
             try:
-                text, usage, finish = self._with_retries(
-                    lambda request=request, streamed=streamed: self._complete_once(request, streamed, on_delta))
+                text, usage, finish = self._complete_images(messages, make_request, streamed, on_delta, stats)
                 break
             except MaxTokensTooLarge as refusal:
                 if lowered:
                     raise
                 notices.append(self._lower_max_tokens(refusal, limit))
+        usage.request = stats
         return make_reply(text, usage=usage, finish_reason=finish, model=self.model, max_tokens=limit,
                           notices=notices, latency_ms=(time.perf_counter() - started) * 1000)
+
+    # ---- images by uuid --------------------------------------------------------------------------
+    def image_state(self) -> ServerImages | None:
+        """What this client's server is known to support and hold; None with ``resend_images="always"``."""
+        return None if self.resend_images == "always" else server_images(self.base_url)
+
+    def _images_mode(self, state: ServerImages) -> str:
+        """``uuid`` for a vLLM (its ``/v1/models`` says ``owned_by: vllm``), ``plain`` for anything else. Decided from
+        the model list the client already has (no request of its own); ``plain`` until it has one."""
+        if state.mode is not None:
+            return state.mode
+        if self._served is None:
+            return "plain"
+        state.mode = "uuid" if any(m.owned_by == "vllm" for m in self._served) else "plain"
+        log.info("%s: images %s", self.base_url,
+                 "named by uuid once sent" if state.mode == "uuid" else "always sent with their data")
+        return state.mode
+
+    def _complete_images(self, messages: list[dict[str, Any]],
+                         make_request: Callable[[list[dict[str, Any]]], dict[str, Any]], streamed: bool,
+                         on_delta: Callable[[str], None] | None, stats: RequestStats) -> tuple[str, Usage, str | None]:
+        """Send ``messages`` with each image the server holds named by uuid alone; when the server does not hold one
+        (restarted, evicted) send the request again once with every image's data; when it refuses uuids altogether
+        send it again without them and remember that for the server."""
+        state = self.image_state()
+        if state is not None and state.mode is None:
+            _ = self.model  # discovers the served models (and who serves them) when the name was not given
+        how = "plain" if state is None else ("uuid" if self._images_mode(state) == "uuid" else "plain")
+        without_uuids = False
+        while True:
+            prepared: Prepared = prepare(messages, state, how=how)  # type: ignore[arg-type]
+            request = make_request(prepared.messages)
+            try:
+                result = self._with_retries(
+                    lambda: self._complete_once(request, streamed, on_delta, stats))
+            except RequestRefused as refusal:
+                if state is None or how == "plain" or type(refusal) is not RequestRefused \
+                        or not 400 <= refusal.status < 500 or refusal.status in (401, 403, 404, 405):
+                    raise
+                if prepared.by_uuid and is_cache_miss(refusal.server_message):
+                    state.forget_all()
+                    with state.lock:
+                        state.resent += 1
+                    stats.resent += 1
+                    log.warning("%s no longer holds an image named by uuid (restarted, or evicted from its cache): "
+                                "sending the request again with every image's data", self.base_url)
+                    how = "data"
+                    continue
+                # Refused for another reason: perhaps the uuids themselves. Once more without them.
+                stats.uuids_refused += 1
+                without_uuids = True
+                how = "plain"
+                log.warning("%s refused a request with image uuids (%s); sending it again without them",
+                            self.base_url, _short(refusal.server_message, 200))
+                continue
+            if state is not None:
+                if without_uuids:
+                    with state.lock:
+                        state.mode = "plain"
+                        state.refused_uuids += 1
+                    state.forget_all()
+                elif how != "plain":
+                    state.remember(prepared.with_data)
+            stats.images_with_data = len(prepared.with_data) if how != "plain" else _count_images(messages)
+            stats.images_by_uuid = len(prepared.by_uuid)
+            return result
 
     def _lower_max_tokens(self, refusal: MaxTokensTooLarge, asked: int) -> str:
         """Learn the server's limit for the session; returns the notice (also sent to ``on_notice`` and logged)."""
@@ -558,11 +650,18 @@ class VLLMClient:
         return 32 * max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 4_000_000
 
     def _complete_once(self, request: dict[str, Any], streamed: bool,
-                       on_delta: Callable[[str], None] | None) -> tuple[str, Usage, str | None]:
+                       on_delta: Callable[[str], None] | None,
+                       stats: RequestStats | None = None) -> tuple[str, Usage, str | None]:
         cap = self._reply_cap(request.get("max_tokens"))
+
+        def sent(nbytes: int) -> None:
+            if stats is not None:
+                stats.requests += 1
+                stats.bytes += nbytes
+
         # Raw bytes: SSE framing costs a few hundred bytes per event, JSON escaping up to 6 bytes per character.
         pump = _Pump(lambda: self._openai.chat.completions.with_streaming_response.create(**request),
-                     deadline=time.monotonic() + self.timeout, byte_cap=64 * cap + 1_000_000)
+                     deadline=time.monotonic() + self.timeout, byte_cap=64 * cap + 1_000_000, on_request=sent)
         try:
             content_type = pump.open(self)
             if not streamed or "text/event-stream" not in (content_type or "text/event-stream"):
@@ -761,9 +860,11 @@ class _Pump:
     the response itself (closing it from here could race its read).
     """
 
-    def __init__(self, open_response: Callable[[], Any], *, deadline: float, byte_cap: int) -> None:
+    def __init__(self, open_response: Callable[[], Any], *, deadline: float, byte_cap: int,
+                 on_request: Callable[[int], None] | None = None) -> None:
         self.deadline = deadline
         self.byte_cap = byte_cap
+        self.on_request = on_request  # told the size of the request body once it was sent
         self.received = 0
         self._items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -773,6 +874,7 @@ class _Pump:
     def _run(self, open_response: Callable[[], Any]) -> None:
         try:
             with open_response() as response:
+                self._sent(getattr(response, "http_request", None))
                 self._items.put(("open", response.headers.get("content-type", "")))
                 received = 0
                 for data in response.iter_bytes():
@@ -784,7 +886,17 @@ class _Pump:
                         return  # the reader raises when it counts past the cap
             self._items.put(("end", None))
         except BaseException as exc:  # noqa: BLE001 - handed to the reader, which classifies it
+            self._sent(getattr(exc, "request", None))
             self._items.put(("error", exc))
+
+    def _sent(self, request: Any) -> None:
+        if self.on_request is None or request is None:
+            return
+        self.on_request, tell = None, self.on_request  # once per pump
+        try:
+            tell(int(request.headers.get("content-length") or 0))
+        except (AttributeError, TypeError, ValueError):
+            tell(0)
 
     def _next(self, client: VLLMClient) -> tuple[str, Any]:
         remaining = self.deadline - time.monotonic()

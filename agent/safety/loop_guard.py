@@ -72,7 +72,7 @@ class LoopGuard(AgentHooks):
         if not actions or any(isinstance(a, (Done, Fail, Wait)) for a in actions):
             return None
         screen = screen_fingerprint(context.observation)
-        if self._ran and self._ran[-1].changed is None:
+        if self._ran:  # the screen now, against the one before the last action that ran (waits in between count)
             self._ran[-1].changed = not unchanged(self._screens[-1], screen, self.config)
         back = len(self._screens) == 2 and unchanged(self._screens[0], screen, self.config)
         proposed = _Ran(actions, back, [a.text for a in actions if isinstance(a, TypeText)

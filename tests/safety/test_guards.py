@@ -180,15 +180,15 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def test_the_flags_build_kill_switch_safety_and_stuck_detector_in_order(tmp_path):
+def test_the_flags_build_kill_switch_safety_and_loop_guard_in_order(tmp_path):
     rules = tmp_path / "rules.toml"
     rules.write_text('[[rules]]\nname = "no drags"\neffect = "deny"\nactions = ["drag"]\n')
     switch, hooks = guard_hooks(parse("--safety", str(rules), "--unattended", "--stop-file", str(tmp_path / "S"),
                                       "--stuck-after", "5"))
-    assert [type(h).__name__ for h in hooks] == ["KillSwitch", "SafetyPolicy", "StuckDetector"]
+    assert [type(h).__name__ for h in hooks] == ["KillSwitch", "SafetyPolicy", "LoopGuard"]
     assert hooks[0] is switch and switch.stop_file == tmp_path / "S"
     assert hooks[1].unattended and hooks[1].config.rules[0].name == "no drags"
-    assert hooks[2].config.after == 5
+    assert hooks[2].config.repeat_after == 5  # the loop guard's "same action on an unchanged screen"
     _, bare = guard_hooks(parse("--no-safety", "--stuck-after", "0"))
     assert [type(h).__name__ for h in bare] == ["KillSwitch"]
 

@@ -32,6 +32,19 @@ if [ "$(id -u)" = "0" ]; then exec chromium --no-sandbox "$@"; fi
 exec chromium "$@"
 CHROME
     $SUDO chmod 755 /usr/local/bin/google-chrome
+    # VLC refuses to start as root ("VLC is not supposed to be run as root"), which is how containers and CI run
+    # eval local. As root, `vlc` runs a copy of Debian's 14 kB launcher with that check patched out (libvlc is
+    # Debian's, untouched); as anyone else, Debian's own /usr/bin/vlc.
+    $SUDO mkdir -p /usr/local/lib/kimi-cua
+    sed 's/geteuid/getppid/' /usr/bin/vlc | $SUDO tee /usr/local/lib/kimi-cua/vlc-as-root >/dev/null
+    $SUDO chmod 755 /usr/local/lib/kimi-cua/vlc-as-root
+    $SUDO tee /usr/local/bin/vlc >/dev/null <<'VLC'
+#!/bin/sh
+# kimi-cua (scripts/install.sh --osworld-apps): Debian's vlc exits when run as root; OSWorld's tasks start `vlc`.
+if [ "$(id -u)" = "0" ]; then exec /usr/local/lib/kimi-cua/vlc-as-root "$@"; fi
+exec /usr/bin/vlc "$@"
+VLC
+    $SUDO chmod 755 /usr/local/bin/vlc
   fi
 else
   echo "install.sh: no apt-get; install Xvfb, openbox, xdotool, xclip and Tk with your package manager" >&2

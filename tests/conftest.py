@@ -56,14 +56,13 @@ def app(xdisplay, tmp_path):
     proc.terminate()
     proc.wait(timeout=5)
 from tests.real_vllm import real_vllm, real_vllm_agent, real_vllm_limited  # noqa: F401,E402
-from tests.real_vllm import POOL, SHARED_SETTINGS  # noqa: E402
+from tests.real_vllm import POOL  # noqa: E402
 
 # ---- the real vLLM servers: each started once, ahead of its first test, stopped after its last, two at most at once.
-# A start costs 50-150 s on 2 cores. The shared servers of tests/real_vllm.py (POOL) start in a background thread as
-# soon as one of the two slots is free, in the order the session first needs them, so a start overlaps the tests
-# before it; `kimi-cua serve` (tests/models/test_serve_real_vllm.py's module fixture ``served``) is started by its
-# own fixture and holds a slot from its first test to its last.
-SERVED = "served"
+# A start costs 50-150 s on 2 cores (minutes on a busy machine), mostly three Python processes importing torch and
+# vLLM one after the other. The servers of tests/real_vllm.py's POOL (the shared ones, and `kimi-cua serve` of
+# tests/models/test_serve_real_vllm.py) start in a background thread as soon as one of the two slots is free, in the
+# order the session first needs them, so each start overlaps the tests that run before its first test.
 MAX_SERVERS = 2
 _FIRST: dict[str, int] = {}
 _LAST: dict[str, int] = {}
@@ -71,8 +70,8 @@ _INDEX: dict[str, int] = {}
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
-    """The agent-loop run (its own server) goes last: its server can then start while the tests of the other two
-    run, instead of waiting for a slot between them."""
+    """The agent-loop run (its own server) goes last: its server can then start while the tests of the others run,
+    instead of waiting for a free slot between them."""
     items.sort(key=lambda item: "real_vllm_agent" in getattr(item, "fixturenames", ()))  # stable
 
 
@@ -82,7 +81,7 @@ def pytest_collection_finish(session) -> None:
     _INDEX.clear()
     for index, item in enumerate(session.items):
         _INDEX[item.nodeid] = index
-        for name in (*SHARED_SETTINGS, SERVED):
+        for name in POOL.starters:
             if name in getattr(item, "fixturenames", ()):
                 _FIRST.setdefault(name, index)
                 _LAST[name] = index
@@ -90,16 +89,10 @@ def pytest_collection_finish(session) -> None:
 
 def _schedule(index: int, config) -> None:
     """Before test ``index``: start in the background the servers needed soonest, while a slot is free."""
-    busy = sum(POOL.running(name) for name in SHARED_SETTINGS if name in _FIRST)
-    busy += _FIRST.get(SERVED, -1) <= index <= _LAST.get(SERVED, -1)
-    upcoming = sorted((_FIRST[name], name) for name in _FIRST
-                      if _LAST[name] >= index and not POOL.started(name) and (name != SERVED or _FIRST[name] > index))
-    for _, name in upcoming:
-        if busy >= MAX_SERVERS:
-            break
-        busy += 1  # `served` only reserves its slot: its fixture starts it
-        if name != SERVED:
-            POOL.prestart(name, config._tmp_path_factory)
+    busy = sum(POOL.running(name) for name in _FIRST)
+    upcoming = sorted((_FIRST[name], name) for name in _FIRST if _LAST[name] >= index and not POOL.started(name))
+    for _, name in upcoming[:max(0, MAX_SERVERS - busy)]:
+        POOL.prestart(name, config._tmp_path_factory)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -112,10 +105,12 @@ def pytest_runtest_setup(item) -> None:
 def pytest_runtest_teardown(item, nextitem):
     yield  # the test's own fixtures are torn down first (e.g. a module's client of the server)
     index = _INDEX.get(item.nodeid)
-    for name in SHARED_SETTINGS:
-        if index is not None and _LAST.get(name) == index:
+    if index is None:
+        return
+    for name in _FIRST:
+        if _LAST[name] == index:
             POOL.stop(name)
-    if index is not None and nextitem is not None and nextitem.nodeid in _INDEX:
+    if nextitem is not None and nextitem.nodeid in _INDEX:
         _schedule(_INDEX[nextitem.nodeid], item.config)  # a slot just freed: start the next server now
 
 

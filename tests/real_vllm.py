@@ -45,9 +45,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -336,45 +337,56 @@ def _limited_settings() -> dict:
 SHARED_SETTINGS = {"real_vllm": dict, "real_vllm_limited": _limited_settings, "real_vllm_agent": lambda: dict(AGENT)}
 
 
+def _vllm_starter(name: str) -> Callable[[Path, threading.Event], VllmServer]:
+    return lambda log_dir, cancel: start_vllm(log_path=log_dir / "vllm.log", cancel=cancel, **SHARED_SETTINGS[name]())
+
+
 @dataclass
 class _Entry:
     thread: threading.Thread
     cancel: threading.Event
-    server: VllmServer | None = None
+    server: Any = None
     error: BaseException | None = None
     stopped: bool = False
 
 
 class ServerPool:
-    """The shared servers by fixture name, each started once: in the background ahead of its first test
-    (``prestart``, scheduled by tests/conftest.py) or when a fixture asks (``get``), and stopped after its last test."""
+    """The session's servers by fixture name, each started once: in the background ahead of its first test
+    (``prestart``, scheduled by tests/conftest.py) or when its fixture asks (``get``), and stopped after its last test.
+
+    ``starters``: name -> ``start(log_dir, cancel)`` returning a server with ``stop()``; the shared vLLM servers of this
+    module, and what a test module registers (`kimi-cua serve` in tests/models/test_serve_real_vllm.py)."""
 
     def __init__(self) -> None:
+        self.starters: dict[str, Callable[[Path, threading.Event], Any]] = {
+            name: _vllm_starter(name) for name in SHARED_SETTINGS}
         self.entries: dict[str, _Entry] = {}
         self.lock = threading.Lock()
+
+    def register(self, name: str, starter: Callable[[Path, threading.Event], Any]) -> None:
+        self.starters[name] = starter
 
     def prestart(self, name: str, tmp_path_factory) -> None:
         with self.lock:
             if name in self.entries:
                 return
-            settings = SHARED_SETTINGS[name]()
-            log_path = tmp_path_factory.mktemp(name) / "vllm.log"
+            log_dir = tmp_path_factory.mktemp(name)
             cancel = threading.Event()
-            entry = _Entry(threading.Thread(target=self._start, args=(name, settings, log_path, cancel),
+            entry = _Entry(threading.Thread(target=self._start, args=(name, log_dir, cancel),
                                             name=f"start {name}", daemon=True), cancel)
             self.entries[name] = entry
         entry.thread.start()
 
-    def _start(self, name: str, settings: dict, log_path: Path, cancel: threading.Event) -> None:
+    def _start(self, name: str, log_dir: Path, cancel: threading.Event) -> None:
         entry = self.entries[name]
         try:
-            entry.server = start_vllm(log_path=log_path, cancel=cancel, **settings)
+            entry.server = self.starters[name](log_dir, cancel)
         except BaseException as err:  # raised again in the test that needs the server
             entry.error = err
             return
         # past pytest's capture: when the servers come and go is part of the suite's time
-        print(f"\n[{time.strftime('%H:%M:%S')}] {name}: {entry.server.base_url} up in {entry.server.start_seconds:.0f} s "
-              f"(model build {entry.server.build_seconds:.1f} s), log {log_path}", file=sys.__stderr__, flush=True)
+        print(f"\n[{time.strftime('%H:%M:%S')}] {name}: up in {entry.server.start_seconds:.0f} s, logs in {log_dir}",
+              file=sys.__stderr__, flush=True)
 
     def started(self, name: str) -> bool:
         return name in self.entries
@@ -382,7 +394,7 @@ class ServerPool:
     def running(self, name: str) -> bool:
         return name in self.entries and not self.entries[name].stopped
 
-    def get(self, name: str, tmp_path_factory) -> VllmServer:
+    def get(self, name: str, tmp_path_factory) -> Any:
         self.prestart(name, tmp_path_factory)
         entry = self.entries[name]
         entry.thread.join()

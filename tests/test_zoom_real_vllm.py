@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import numpy as np
 from PIL import Image
 
 from actions.coords import Monitor
@@ -74,16 +75,12 @@ def _text_and_image(messages: list[dict[str, Any]]) -> tuple[str, bytes | None]:
 def red_centroid(data: bytes) -> tuple[float, float, tuple[int, int]]:
     """Centroid of the red marker in continuous image coordinates (pixel j spans [j, j+1)), and the image size."""
     with Image.open(io.BytesIO(data)) as im:
-        rgb = im.convert("RGB")
-        w, h = rgb.size
-        pixels = rgb.load()
-        sx = sy = n = 0.0
-        for y in range(h):
-            for x in range(w):
-                r, g, b = pixels[x, y]
-                weight = max(0, r - (g + b) / 2 - 64)
-                if weight:
-                    sx, sy, n = sx + weight * (x + 0.5), sy + weight * (y + 0.5), n + weight
+        rgb = np.asarray(im.convert("RGB"), dtype=np.float64)
+    h, w = rgb.shape[:2]
+    weight = np.maximum(0.0, rgb[..., 0] - (rgb[..., 1] + rgb[..., 2]) / 2 - 64)
+    n = float(weight.sum())
+    ys, xs = np.mgrid[0:h, 0:w]
+    sx, sy = float((weight * (xs + 0.5)).sum()), float((weight * (ys + 0.5)).sum())
     assert n, "the crop does not show the marker"
     return sx / n, sy / n, (w, h)
 
@@ -124,7 +121,7 @@ class ScriptedModel:
             else:  # integer pixels of the crop as sent
                 code = f"pyautogui.click({round((tx - x1) * sw / cw)}, {round((ty - y1) * sh / ch)})"
             self.seen.append({"round": number, "region": (x1, y1, x2, y2), "sent": (sw, sh)})
-        answer = kimi_reply("Click the red square.", code)
+        answer = kimi_reply("Click the red square.", code, decoy=False)  # short: decoding is the cost
         extra = {**(kwargs.pop("extra", None) or {}), "structured_outputs": {"choice": [answer]}}
         reply = self.inner.complete(messages, extra=extra, **kwargs)
         assert reply.text == answer, (reply.text, answer)  # the real server answered exactly the script

@@ -177,3 +177,12 @@ def prepare(messages: list[dict[str, Any]], state: ServerImages | None, *,
 
 def is_cache_miss(message: str) -> bool:
     return bool(CACHE_MISS_RE.search(message))
+
+
+_ABOUT_IMAGE_PART_RE = re.compile(r"image_url|null|none|missing|required|validation|content part", re.IGNORECASE)
+
+
+def refuses_uuids(message: str, *, named: bool) -> bool:
+    """Whether a refusal is about the uuids: it names them, or (when the request gave images by uuid alone) it is
+    about the image parts. Any other refusal is the request's own and is not sent again."""
+    return "uuid" in message.lower() or (named and bool(_ABOUT_IMAGE_PART_RE.search(message)))

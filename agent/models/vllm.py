@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from agent.models.image_cache import RESEND_CHOICES, Prepared, ServerImages, is_cache_miss, prepare, server_images
+from agent.models.image_cache import (RESEND_CHOICES, Prepared, ServerImages, is_cache_miss, prepare, refuses_uuids,
+                                      server_images)
 from agent.reply import THINK_CLOSE, THINK_OPEN, ModelReply, RequestStats, Usage, make_reply
 
 if TYPE_CHECKING:
@@ -613,7 +614,9 @@ class VLLMClient:
                                 "sending the request again with every image's data", self.base_url)
                     how = "data"
                     continue
-                # Refused for another reason: perhaps the uuids themselves. Once more without them.
+                if not refuses_uuids(refusal.server_message, named=bool(prepared.by_uuid)):
+                    raise
+                # The server refused the uuids themselves (or an image given by uuid alone): once more without them.
                 stats.uuids_refused += 1
                 without_uuids = True
                 how = "plain"

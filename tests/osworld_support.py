@@ -38,6 +38,8 @@ def free_port() -> int:
         _HANDED_OUT.clear()
     for port in candidates:
         with socket.socket() as s:
+            # as the listeners do (http.server, Chrome, VLC): a port whose last connection is in TIME_WAIT is free
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:

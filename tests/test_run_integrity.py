@@ -36,6 +36,7 @@ from envs.base import ActionResult
 from tests.e2e_support import DONE, ROOT, cli, kimi_reply
 from tests.fault_server import MemoryDesktop
 from tests.loopback import LoopbackServer, Reply
+from tests.mounts import tmpfs
 
 WAIT = kimi_reply("Wait.", "computer.wait(seconds=0)")
 CLICK = kimi_reply("Click.", "pyautogui.click(x=0.5, y=0.5)")
@@ -235,15 +236,8 @@ def test_a_killed_local_task_run_has_its_torn_results_line_cut_in_place(tmp_path
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MiB tmpfs mounted for the test (root only)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); run the suite as root")
-    try:
+    with tmpfs(tmp_path / "disk", "size=4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(folder: Path) -> Path:

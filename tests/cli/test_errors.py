@@ -15,6 +15,7 @@ from agent.cli import main as cli_main
 from agent.cli.main import main
 from agent.trajectory import RunInfo
 from tests.loopback import LoopbackServer
+from tests.mounts import tmpfs
 
 # Nothing listens here: a command that probed the server first would fail with "cannot reach", not our message.
 DEAD = "http://127.0.0.1:9/v1"
@@ -94,18 +95,11 @@ def test_table_row_is_one_line_and_exit_2(args, expected, a_file, dataset, tmp_p
 
 
 def test_a_read_only_out_is_refused_before_the_server_probe(tmp_path, capsys):
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); run the suite as root")
-    try:
+    with tmpfs(tmp_path / "ro", "size=1m,ro") as mount:
         code, lines = cli(["run", "x", "--out", str(mount / "run"), "--base-url", DEAD], capsys)
         one_line(code, lines, f"cannot write {mount / 'run'}", "read-only", "--out")
         code, lines = cli(["eval", "screenspot-make", str(mount / "data")], capsys)
         one_line(code, lines, "read-only")
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 # ---- the "Also" list ----------------------------------------------------------------------------

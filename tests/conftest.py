@@ -55,7 +55,7 @@ def app(xdisplay, tmp_path):
     yield state
     proc.terminate()
     proc.wait(timeout=5)
-from tests.real_vllm import real_vllm, real_vllm_agent, real_vllm_limited  # noqa: F401,E402
+from tests.real_vllm import own_vllm_server, real_vllm, real_vllm_agent, real_vllm_limited  # noqa: F401,E402
 from tests.real_vllm import POOL  # noqa: E402
 
 # ---- the real vLLM servers: each started once, ahead of its first test, stopped after its last, two at most at once.
@@ -67,6 +67,7 @@ MAX_SERVERS = 2
 _FIRST: dict[str, int] = {}
 _LAST: dict[str, int] = {}
 _INDEX: dict[str, int] = {}
+_OWN: set[int] = set()  # tests that start a server of their own (fixture ``own_vllm_server``): each holds a slot
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
@@ -79,8 +80,11 @@ def pytest_collection_finish(session) -> None:
     _FIRST.clear()
     _LAST.clear()
     _INDEX.clear()
+    _OWN.clear()
     for index, item in enumerate(session.items):
         _INDEX[item.nodeid] = index
+        if "own_vllm_server" in getattr(item, "fixturenames", ()):
+            _OWN.add(index)
         for name in POOL.starters:
             if name in getattr(item, "fixturenames", ()):
                 _FIRST.setdefault(name, index)
@@ -89,15 +93,17 @@ def pytest_collection_finish(session) -> None:
 
 def _schedule(index: int, config) -> None:
     """Before test ``index``: start in the background the servers needed soonest, while a slot is free."""
-    busy = sum(POOL.running(name) for name in _FIRST)
-    upcoming = sorted((_FIRST[name], name) for name in _FIRST if _LAST[name] >= index and not POOL.started(name))
+    busy = sum(POOL.running(name) for name in _FIRST) + (index in _OWN)
+    upcoming = sorted([(_FIRST[name], name) for name in _FIRST if _LAST[name] >= index and not POOL.started(name)]
+                      + [(own, "") for own in _OWN if own > index])
     for _, name in upcoming[:max(0, MAX_SERVERS - busy)]:
-        POOL.prestart(name, config._tmp_path_factory)
+        if name:  # "": a slot kept for a test's own server
+            POOL.prestart(name, config._tmp_path_factory)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item) -> None:
-    if _FIRST and item.nodeid in _INDEX:
+    if (_FIRST or _OWN) and item.nodeid in _INDEX:
         _schedule(_INDEX[item.nodeid], item.config)
 
 
@@ -116,6 +122,13 @@ def pytest_runtest_teardown(item, nextitem):
 
 def pytest_sessionfinish(session) -> None:
     POOL.stop_all()  # whatever a failed, skipped or interrupted test left running
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if POOL.events:
+        terminalreporter.write_sep("-", "real vLLM servers")
+        for line in POOL.events:
+            terminalreporter.write_line(line)
 
 
 from tests.osworld_support import osworld_workers  # noqa: E402,F401  (one desktop-env worker per session)

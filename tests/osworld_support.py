@@ -36,7 +36,8 @@ def free_port() -> int:
     candidates = [p for p in PORTS if p not in _HANDED_OUT] or list(PORTS)
     if len(candidates) == len(PORTS):
         _HANDED_OUT.clear()
-    for port in candidates:
+    # the ports not handed out yet first; then the others (one whose test is over may be free again) before failing
+    for port in candidates + [p for p in PORTS if p not in candidates]:
         with socket.socket() as s:
             # as the listeners do (http.server, Chrome, VLC): a port whose last connection is in TIME_WAIT is free
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

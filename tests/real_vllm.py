@@ -362,6 +362,7 @@ class ServerPool:
             name: _vllm_starter(name) for name in SHARED_SETTINGS}
         self.entries: dict[str, _Entry] = {}
         self.lock = threading.Lock()
+        self.events: list[str] = []  # when each server started, came up and stopped: shown at the end of the run
 
     def register(self, name: str, starter: Callable[[Path, threading.Event], Any]) -> None:
         self.starters[name] = starter
@@ -375,6 +376,7 @@ class ServerPool:
             entry = _Entry(threading.Thread(target=self._start, args=(name, log_dir, cancel),
                                             name=f"start {name}", daemon=True), cancel)
             self.entries[name] = entry
+            self.events.append(f"{time.strftime('%H:%M:%S')} {name}: starting")
         entry.thread.start()
 
     def _start(self, name: str, log_dir: Path, cancel: threading.Event) -> None:
@@ -384,9 +386,7 @@ class ServerPool:
         except BaseException as err:  # raised again in the test that needs the server
             entry.error = err
             return
-        # past pytest's capture: when the servers come and go is part of the suite's time
-        print(f"\n[{time.strftime('%H:%M:%S')}] {name}: up in {entry.server.start_seconds:.0f} s, logs in {log_dir}",
-              file=sys.__stderr__, flush=True)
+        self.events.append(f"{time.strftime('%H:%M:%S')} {name}: up in {entry.server.start_seconds:.0f} s ({log_dir})")
 
     def started(self, name: str) -> bool:
         return name in self.entries
@@ -412,7 +412,7 @@ class ServerPool:
         entry.thread.join()
         if entry.server is not None:
             entry.server.stop()
-            print(f"\n[{time.strftime('%H:%M:%S')}] {name}: stopped", file=sys.__stderr__, flush=True)
+            self.events.append(f"{time.strftime('%H:%M:%S')} {name}: stopped")
 
     def stop_all(self) -> None:
         for name in list(self.entries):
@@ -456,3 +456,9 @@ def real_vllm_agent(tmp_path_factory) -> Iterator[VllmServer]:
     """The real vLLM for the agent loop (``AGENT``: 4352 context and encoder cache, Thinking-2506's image rule, 2
     images a prompt)."""
     yield from _shared_server("real_vllm_agent", tmp_path_factory)
+
+
+@pytest.fixture
+def own_vllm_server() -> None:
+    """Asked for by a test that starts (and stops) a real vLLM of its own with ``start_vllm``: tests/conftest.py then
+    keeps one of the two server slots free for it (no shared server is started in the background over it)."""

@@ -89,7 +89,8 @@ class Scripted:
 SETTINGS = {"max_model_len": 4096, "limit_mm_per_prompt": {"image": 8}}
 
 
-def test_a_server_restarted_mid_run_costs_one_resent_request_and_no_failed_step(tmp_path: Path):
+def test_a_server_restarted_mid_run_costs_one_resent_request_and_no_failed_step(tmp_path: Path,
+                                                                              own_vllm_server: None):
     real_vllm.require_vllm_python()
     image_cache.forget_servers()
     servers = [real_vllm.start_vllm(log_path=tmp_path / "vllm-1.log", **SETTINGS)]

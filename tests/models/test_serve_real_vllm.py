@@ -221,7 +221,8 @@ def test_sigint_stops_vllm_and_all_its_processes(served):
 @pytest.fixture(scope="module")
 def small_vllm(real_vllm_limited: VllmServer) -> VllmServer:
     # Served under a neutral name: the client takes it for Thinking-2506 (8192-token replies, 16384 image rule).
-    assert (LIMITED["max_model_len"], LIMITED["max_num_batched_tokens"], LIMITED["in_token_limit"]) == (4096, 2048, 16384)
+    assert (LIMITED["max_model_len"], LIMITED["max_num_batched_tokens"], LIMITED["in_token_limit"]) == (
+        4096, 2048, 16384)
     return real_vllm_limited
 
 

@@ -169,7 +169,7 @@ def test_parse_takes_coords_and_the_old_mode(flag, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["parse", "--width", "100", "--height", "100", flag, "pixels"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out[0]["at"] == {"x": 0, "y": 0}  # read as pixels of the image (auto would give 50, 50)
+    assert out[0]["at"] == {"x": 1, "y": 1}  # pixel 0.5 of the image, to the nearest pixel (auto would give 50, 50)
     assert "--mode" not in subprocess_help(["parse"])
 
 

@@ -124,7 +124,9 @@ def _drive(program: str, display: int, port: int, tmp_path: Path) -> tuple[subpr
 EVAL_LOCAL_RUNNER = """
     from pathlib import Path
     from agent.evals.osworld import LocalRunOptions, agent_runner
-    options = LocalRunOptions(out_dir=Path("{out}").parent, base_url="{url}", max_steps=80, agent={{"max_images": 2}})
+    # verify_done off: the scripted attacker answers attacks, not the completion check (tests/test_verify_done.py)
+    options = LocalRunOptions(out_dir=Path("{out}").parent, base_url="{url}", max_steps=80, verify_done=False,
+                              agent={{"max_images": 2}})
     status, steps, error = agent_runner(options)("attack the canary", "{display}", Path("{out}"))
     print("STATUS", status, error)
 """

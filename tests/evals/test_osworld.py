@@ -165,7 +165,9 @@ def _editor_policy(text: str):
     return [kimi_reply("Click into the text area.", "pyautogui.click(x=0.3, y=0.4)"),
             kimi_reply("Type the text.", f"pyautogui.write({text!r})"),
             kimi_reply("Save.", "pyautogui.hotkey('ctrl', 's')"),
-            kimi_reply("Saved.", "computer.terminate(status='success')")]
+            kimi_reply("Saved.", "computer.terminate(status='success')"),
+            # eval local checks a DONE by default (--verify-done): a fresh screenshot, a short fresh question
+            "◁think▷The editor shows the line.◁/think▷## Verdict:\nyes\n## Reason:\nThe line is in the saved file."]
 
 
 def test_eval_local_end_to_end_with_preflight_bad_files_and_resume(tmp_path):
@@ -198,7 +200,7 @@ def test_eval_local_end_to_end_with_preflight_bad_files_and_resume(tmp_path):
         first = run_cli([*args, "--base-url", server.base_url], timeout=300)
         first_requests = len(server.requests)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert first_requests == 4  # the unsupported task never reached the model
+    assert first_requests == 5  # 4 steps and the DONE check; the unsupported task never reached the model
     assert "skipped" in first.stderr and "broken.json" in first.stderr
     results = {r["task_id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     assert (results["editor-write-line"]["status"], results["editor-write-line"]["score"]) == ("success", 1.0)
@@ -208,6 +210,8 @@ def test_eval_local_end_to_end_with_preflight_bad_files_and_resume(tmp_path):
     assert (out / "editor" / "editor-write-line" / "run" / "trajectory.jsonl").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["statuses"] == {"success": 1, "unsupported": 1} and summary["bad_files"][0]["path"].endswith("broken.json")
+    assert (summary["verify_done"]["checked"], summary["verify_done"]["overturned"]) == (1, 0)
+    assert results["editor-write-line"]["done_checked"] == 1 and results["editor-write-line"]["done_overturned"] == 0
     assert "scored" in first.stdout and "unsupported" in first.stdout
     with LoopbackServer([]) as server:  # any request would fail: finished tasks must not run again
         again = run_cli([*args, "--base-url", server.base_url], timeout=300)

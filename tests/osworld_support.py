@@ -37,16 +37,20 @@ def free_port() -> int:
     if len(candidates) == len(PORTS):
         _HANDED_OUT.clear()
     # the ports not handed out yet first; then the others (one whose test is over may be free again) before failing
-    for port in candidates + [p for p in PORTS if p not in candidates]:
-        with socket.socket() as s:
-            # as the listeners do (http.server, Chrome, VLC): a port whose last connection is in TIME_WAIT is free
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            _HANDED_OUT.add(port)
-            return port
+    order = candidates + [p for p in PORTS if p not in candidates]
+    # First a port free even for a listener without SO_REUSEADDR (no connection of it lingers in TIME_WAIT); then,
+    # as the listeners that set it do (http.server, Chrome, VLC), one whose last connection is in TIME_WAIT.
+    for reuse in (False, True):
+        for port in order:
+            with socket.socket() as s:
+                if reuse:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                _HANDED_OUT.add(port)
+                return port
     pytest.fail(f"no free TCP port in {PORTS.start}-{PORTS.stop - 1}")
 
 

@@ -241,6 +241,7 @@ def test_a_timeout_is_repeated_by_a_rerun_and_nothing_else(tmp_path, osworld_wor
                           "expected": {"type": "rule", "rules": {"expected": "ok"}}}}))
     items = load_tasks(tasks.parent)
     hole = socket.socket()
+    hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # free_port may give one whose last use lingers
     hole.bind(("127.0.0.1", free_port()))
     hole.listen(8)  # accepts connections, never answers
     options = LocalRunOptions(out_dir=tmp_path / "out", sandbox=False, task_timeout=8, max_steps=2,

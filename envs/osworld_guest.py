@@ -76,6 +76,7 @@ class GuestConfig:
     open_timeout: float = 120.0  # /setup/open_file waits this long for the file's window
     extra_env: dict[str, str] = field(default_factory=dict)
     openers: dict[str, list[str]] = field(default_factory=dict)  # ".txt" -> command opening such files (first)
+    app_output: bool = False  # launched programs print to the guest's own stderr (else their output is discarded)
 
 
 class Guest:
@@ -136,9 +137,14 @@ class Guest:
                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
     def launch(self, command: Any, shell: bool = False) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(self.command(command, shell), shell=shell, env=self.env, cwd=self.home,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        argv = self.command(command, shell)
+        out = subprocess.DEVNULL
+        if self.config.app_output:  # to the guest's own stderr (``eval local``'s guest.log)
+            out = sys.stderr.fileno()
+            print(f"kimi-cua guest: launched {argv if isinstance(argv, str) else shlex.join(argv)}", file=sys.stderr,
+                  flush=True)
+        proc = subprocess.Popen(argv, shell=shell, env=self.env, cwd=self.home, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=out, start_new_session=True)
         self._launched.append(proc)
         return proc
 

@@ -12,7 +12,7 @@ import pytest
 
 from agent.evals.local_tasks import APPS_DIR
 from envs.osworld_client import OSWorldServerClient
-from envs.osworld_guest import GuestConfig, GuestServer
+from envs.osworld_guest import Guest, GuestConfig, GuestServer
 from envs.xvfb import VirtualDisplay
 from tests.osworld_support import FileServer, free_port, require_osworld, use_test_displays
 
@@ -142,6 +142,22 @@ def test_kimi_cua_run_drives_a_guest_over_http(desktop, tmp_path):
         client.close()
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (home / "notes.txt").read_text() == "Buy <milk>"
+
+
+def test_launched_programs_print_to_the_guest_stderr_only_when_asked(tmp_path, capfd):
+    """``eval local`` starts the guest with --app-output, so an app that does not start leaves its reason in the task's
+    guest.log; by default (OSWorld's server does the same) launched programs' output is discarded."""
+    program = ["sh", "-c", "echo out-line; echo err-line >&2"]
+    for app_output in (True, False):
+        guest = Guest(GuestConfig(display=":0", home=tmp_path / f"home-{app_output}", app_output=app_output))
+        assert guest.launch(program).wait(timeout=30) == 0
+        guest.close()
+        printed = capfd.readouterr()
+        if app_output:
+            assert "kimi-cua guest: launched sh -c" in printed.err and "out-line" in printed.err, printed
+            assert "err-line" in printed.err and "out-line" not in printed.out, printed
+        else:
+            assert "line" not in printed.err + printed.out, printed
 
 
 def httpx_post(url: str, body: dict) -> int:

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a path mapped onto --home, e.g. /home/user (the VM user's home OSWorld's tasks name)")
     p.add_argument("--open-timeout", type=positive_float, default=120.0,
                    help="seconds /setup/open_file waits for the file's window (default 120)")
+    p.add_argument("--app-output", action="store_true",
+                   help="let launched programs print to this command's stderr (default: their output is discarded)")
     p.set_defaults(handler=run_guest)
 
 
@@ -36,7 +38,8 @@ def run_guest(args: argparse.Namespace) -> int:
         print("kimi-cua guest: no X display: pass --display :N or set DISPLAY", file=sys.stderr)
         return 2
     config = GuestConfig(display=args.display, home=args.home.absolute(), home_alias=args.home_alias,
-                         open_timeout=args.open_timeout)
+                         open_timeout=args.open_timeout,
+                         app_output=args.app_output)
     try:
         server = GuestServer(config, host=args.host, port=args.port)
     except OSError as exc:

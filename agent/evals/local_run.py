@@ -53,6 +53,8 @@ class GuestProcess:
                  log: Path | None = None, timeout: float = 60.0) -> None:
         argv = [sys.executable, "-m", "agent.cli.guest", "--display", display, "--port", str(port),
                 "--home", str(home), "--home-alias", HOME_ALIAS]
+        if log:
+            argv.append("--app-output")  # what the task's apps print goes to the guest's log too
         if shutil.which("dbus-run-session"):
             argv = ["dbus-run-session", "--", *argv]  # setup steps (gsettings, ...) change this bus, never yours
         self.url = f"http://127.0.0.1:{port}"

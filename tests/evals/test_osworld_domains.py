@@ -194,9 +194,14 @@ _VLC_OPEN = pytest.mark.xfail(reason="VLC does not start in the whole suite (und
 def test_right_actions_score_one_and_wrong_zero_by_upstream_metrics(task_id, served, workers, tmp_path):
     right, wrong = SOLUTIONS[task_id]
     good = _run(task_id, right, tmp_path / "right", served, workers)
-    assert (good.status, good.score) == ("success", 1.0), good
+    assert (good.status, good.score) == ("success", 1.0), (good, _guest_log(tmp_path / "right"))
     bad = _run(task_id, wrong, tmp_path / "wrong", served, workers)
-    assert (bad.status, bad.score) == ("fail", 0.0), bad
+    assert (bad.status, bad.score) == ("fail", 0.0), (bad, _guest_log(tmp_path / "wrong"))
+
+
+def _guest_log(out: Path) -> str:
+    """The end of the task's guest.log: the guest's own lines and what the task's apps printed."""
+    return "\n".join(f"{log}:\n{log.read_text(errors='replace')[-3000:]}" for log in out.rglob("guest.log"))
 
 
 def test_coverage_report_classifies_the_installed_wheel(tmp_path):

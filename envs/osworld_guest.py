@@ -58,6 +58,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from envs.app_env import app_env
+
 COMMAND_TIMEOUT = 120.0  # what OSWorld's server allows one /execute
 OPENERS = {  # used when xdg-open has no handler (a bare desktop): extension -> program
     (".xlsx", ".xls", ".csv", ".ods", ".docx", ".doc", ".odt", ".pptx", ".ppt", ".odp", ".rtf"): ["libreoffice"],
@@ -95,7 +97,7 @@ class Guest:
             shim = self._shims / name
             shim.write_text(f"#!/bin/sh\nexec {shlex.quote(str(config.python))} \"$@\"\n", encoding="utf-8")
             shim.chmod(0o755)
-        env = dict(os.environ)
+        env = app_env()
         env.pop("XAUTHORITY", None)
         env.update(config.extra_env)
         env.update(DISPLAY=config.display, HOME=str(self.home),

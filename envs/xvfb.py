@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from envs.app_env import app_env
 from envs.base import DisplayError
 
 INSTALL_HINT = "install it with: apt-get install -y xvfb xauth openbox xdotool xclip x11-utils"
@@ -100,7 +101,7 @@ class VirtualDisplay:
 
     @property
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = app_env()
         env["DISPLAY"] = self.display
         env.pop("XAUTHORITY", None)
         return env

@@ -37,4 +37,8 @@ fi
 bash scripts/install_vllm.sh
 bash scripts/install_osworld.sh
 export PATH="$(dirname "$PY"):$PATH"
-exec "$PY" -m pytest -q tests "$@"
+# 4 parallel workers (pytest-xdist; tests/conftest.py gives each its own displays and ports and keeps the real-vLLM
+# tests in one of them): most tests wait on X, apps and servers more than they compute. KIMI_CUA_TEST_WORKERS=1: serial.
+workers="${KIMI_CUA_TEST_WORKERS:-4}"
+if [ "$workers" = "1" ]; then exec "$PY" -m pytest -q tests "$@"; fi
+exec "$PY" -m pytest -q -n "$workers" --dist loadgroup tests "$@"

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Xvfb display per test session (or per test when a size is needed)."""
+"""Shared fixtures: a real Xvfb display per test session (or per test when a size is needed); the suite's parallel
+workers (pytest-xdist, scripts/test.sh) and the real vLLM servers' schedule."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,22 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+
+# ---- parallel workers (pytest-xdist: scripts/test.sh runs `-n 4 --dist loadgroup`). Each worker is a session of its
+# own: it takes X displays and TCP ports from ranges of its own, so two workers never race for one. Set before the
+# test modules are imported (tests/osworld_support.py reads its port range at import).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw") and _WORKER[2:].isdigit():
+    _K = int(_WORKER[2:])
+    os.environ.setdefault("KIMI_CUA_DISPLAYS", f"{100 + 20 * _K}-{119 + 20 * _K}")  # else :90-:99, :80-:89
+    os.environ.setdefault("KIMI_CUA_TEST_PORT_LOW", str(8500 + 20 * _K))  # else 8220-8239
+    os.environ.setdefault("KIMI_CUA_TEST_PORT_HIGH", str(8519 + 20 * _K))
+    os.environ.setdefault("KIMI_CUA_VLLM_PORTS", f"{8300 + 20 * _K}-{8319 + 20 * _K}")  # else 8100-8119
+
+# Tests that must run in one worker, one after the other (xdist_group, honoured by `--dist loadgroup`):
+# "real_vllm": every test of a real vLLM server (the schedule below starts each server once, in that worker);
+# "fixed_x": the attack corpus and the sandbox tests, which use fixed displays (:70-:78) and ports (8180-8189).
+FIXED_X_FILES = ("tests/safety/test_attack_corpus.py", "tests/safety/test_sandbox.py")
 
 from envs.xvfb import VirtualDisplay
 from tests.e2e_support import start_app
@@ -70,10 +87,23 @@ _INDEX: dict[str, int] = {}
 _OWN: set[int] = set()  # tests that start a server of their own (fixture ``own_vllm_server``): each holds a slot
 
 
+def _needs_vllm(item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return "own_vllm_server" in names or any(name in names for name in POOL.starters)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(session, config, items) -> None:
     """The agent-loop run (its own server) goes last: its server can then start while the tests of the others run,
-    instead of waiting for a free slot between them."""
-    items.sort(key=lambda item: "real_vllm_agent" in getattr(item, "fixturenames", ()))  # stable
+    instead of waiting for a free slot between them. In a parallel run, the real-vLLM tests come first (their worker,
+    the longest, then starts at once) and each test that must share a worker gets its group."""
+    items.sort(key=lambda item: (bool(_WORKER) and not _needs_vllm(item),
+                                 "real_vllm_agent" in getattr(item, "fixturenames", ())))
+    for item in items:
+        if _needs_vllm(item):
+            item.add_marker(pytest.mark.xdist_group("real_vllm"))
+        elif item.nodeid.split("::")[0] in FIXED_X_FILES:
+            item.add_marker(pytest.mark.xdist_group("fixed_x"))
 
 
 def pytest_collection_finish(session) -> None:
@@ -91,8 +121,13 @@ def pytest_collection_finish(session) -> None:
                 _LAST[name] = index
 
 
+_RUNS_VLLM: list[bool] = [not _WORKER]  # a parallel worker starts servers once it has been given a real-vLLM test
+
+
 def _schedule(index: int, config) -> None:
     """Before test ``index``: start in the background the servers needed soonest, while a slot is free."""
+    if not _RUNS_VLLM[0]:
+        return
     busy = sum(POOL.running(name) for name in _FIRST) + (index in _OWN)
     upcoming = sorted([(_FIRST[name], name) for name in _FIRST if _LAST[name] >= index and not POOL.started(name)]
                       + [(own, "") for own in _OWN if own > index])
@@ -103,6 +138,8 @@ def _schedule(index: int, config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item) -> None:
+    if _needs_vllm(item):
+        _RUNS_VLLM[0] = True  # in parallel runs, this worker has the "real_vllm" group: every such test comes here
     if (_FIRST or _OWN) and item.nodeid in _INDEX:
         _schedule(_INDEX[item.nodeid], item.config)
 
@@ -120,14 +157,25 @@ def pytest_runtest_teardown(item, nextitem):
         _schedule(_INDEX[nextitem.nodeid], item.config)  # a slot just freed: start the next server now
 
 
+_WORKER_EVENTS: list[str] = []  # the servers' events of parallel workers, collected by the controller
+
+
 def pytest_sessionfinish(session) -> None:
     POOL.stop_all()  # whatever a failed, skipped or interrupted test left running
+    if hasattr(session.config, "workeroutput"):  # a parallel worker: hand the events to the controller
+        session.config.workeroutput["vllm_events"] = list(POOL.events)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    _WORKER_EVENTS.extend(getattr(node, "workeroutput", {}).get("vllm_events", []))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    if POOL.events:
+    events = POOL.events + _WORKER_EVENTS
+    if events:
         terminalreporter.write_sep("-", "real vLLM servers")
-        for line in POOL.events:
+        for line in events:
             terminalreporter.write_line(line)
 
 

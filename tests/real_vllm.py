@@ -5,7 +5,8 @@ Use a session fixture (registered in tests/conftest.py)::
     def test_something(real_vllm):
         httpx.post(f"{real_vllm.base_url}/chat/completions", json={"model": real_vllm.model, ...})
 
-- ``real_vllm``: max_model_len 4096, in_token_limit 4096, vLLM's own limits (999 images, no reasoning parser);
+- ``real_vllm``: max_model_len 4096, in_token_limit 4096, vLLM's own limits (999 images, no reasoning parser), in
+  vLLM's dev mode (``VLLM_SERVER_DEV_MODE=1``: ``POST /reset_mm_cache`` empties its image cache);
 - ``real_vllm_limited`` (``LIMITED``): max_model_len 4096, in_token_limit 16384 (a 1080p screenshot is 2,691
   tokens), at most 2 images a prompt, ``--max-num-batched-tokens 2048`` (an encoder cache of 2048 tokens, below one
   1080p screenshot), kimi-cua's reasoning parser plugin and structured outputs enforced inside the thinking. The
@@ -334,7 +335,8 @@ def _limited_settings() -> dict:
         "--structured-outputs-config", json.dumps({"enable_in_reasoning": True})]}
 
 
-SHARED_SETTINGS = {"real_vllm": dict, "real_vllm_limited": _limited_settings, "real_vllm_agent": lambda: dict(AGENT)}
+# real_vllm runs in vLLM's dev mode: its POST /reset_mm_cache empties the image cache (tests/models/test_image_uuid_real.py)
+SHARED_SETTINGS = {"real_vllm": lambda: {"env": {"VLLM_SERVER_DEV_MODE": "1"}}, "real_vllm_limited": _limited_settings, "real_vllm_agent": lambda: dict(AGENT)}
 
 
 def _vllm_starter(name: str) -> Callable[[Path, threading.Event], VllmServer]:

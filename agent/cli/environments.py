@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from agent.cli.validate import DEFAULT_SIZE, nonnegative_float, positive_float, positive_int, screen_size
+from envs.app_env import app_env
 from envs.base import DisplayError, Environment
 
 
@@ -120,7 +121,7 @@ def open_environment(options: EnvOptions) -> Iterator[Environment]:
         settle = SettleConfig(mode=options.settle, fixed_ms=options.fixed_ms, max_ms=options.max_settle_ms)
         env = LocalDesktop(display=display, monitor=options.monitor, settle=settle, encoding=options.encoding)
         for command in options.launch:
-            child_env = dict(os.environ, DISPLAY=display)
+            child_env = app_env(DISPLAY=display)
             # die_with_parent: a SIGKILLed kimi-cua leaves no launched program behind
             try:
                 launched.append(launch(shlex.split(command), env=child_env, stdout=subprocess.DEVNULL,

@@ -39,6 +39,7 @@ from agent.evals.osworld import (
     read_local_results,
 )
 from agent.evals.osworld_code import PROJECT_ROOT, OSWorldWorker, WorkerError
+from envs.app_env import app_env
 
 SCORED = ("success", "fail")
 UNSCORED = ("agent_error", "infra_error", "timeout", "unsupported")
@@ -58,7 +59,7 @@ class GuestProcess:
         if shutil.which("dbus-run-session"):
             argv = ["dbus-run-session", "--", *argv]  # setup steps (gsettings, ...) change this bus, never yours
         self.url = f"http://127.0.0.1:{port}"
-        env = dict(os.environ, DISPLAY=display, HOME=str(home))
+        env = app_env(DISPLAY=display, HOME=str(home))
         env.pop("DBUS_SESSION_BUS_ADDRESS", None)
         env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         out = open(log, "ab") if log else subprocess.DEVNULL

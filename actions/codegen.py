@@ -62,12 +62,22 @@ def _text_expr(text: str) -> str:
     return f"{_bytes_expr(text)}.decode('utf-8', 'surrogatepass')"
 
 
+PASTE_WAIT_POLLS = 100  # x 20 ms: how long generated code waits for xclip to serve the text before pasting anyway
+
+
 def _paste_code(text: str) -> str:
-    # xclip keeps its inherited pipes open: its output goes to DEVNULL or run() never returns.
+    # xclip keeps its inherited pipes open: its output goes to DEVNULL or run() never returns. xclip forks and only the
+    # child takes the selection, after run() returns: a paste at once could find no owner yet (the text was lost under
+    # load), so the code reads the clipboard back until it serves the text. Statements only, no indented block: some
+    # runners join code lines.
     return (
-        "import base64, subprocess\n"
-        f"subprocess.run(['xclip', '-selection', 'clipboard'], input={_bytes_expr(text)}, "
+        "import base64, subprocess, time\n"
+        f"_kimi_cua_text = {_bytes_expr(text)}\n"
+        "subprocess.run(['xclip', '-selection', 'clipboard'], input=_kimi_cua_text, "
         "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=10)\n"
+        "next((True for _ in range(" + str(PASTE_WAIT_POLLS) + ") if subprocess.run(['xclip', '-selection', "
+        "'clipboard', '-o', '-t', 'UTF8_STRING'], capture_output=True, timeout=5).stdout == _kimi_cua_text "
+        "or time.sleep(0.02)), None)\n"
         "pyautogui.hotkey('ctrl', 'v')"
     )
 

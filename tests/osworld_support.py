@@ -82,7 +82,12 @@ def recording_pyautogui(root: Path, record: Path) -> dict[str, str]:
     xclip.write_text(textwrap.dedent(f'''\
         #!{sys.executable}
         import base64, json, os, sys
+        board = os.environ["KIMI_CUA_RECORD"] + ".clipboard"
+        if "-o" in sys.argv:  # reading the clipboard back (the paste code waits for it): not an action, not recorded
+            sys.stdout.buffer.write(open(board, "rb").read() if os.path.exists(board) else b"")
+            sys.exit(0)
         data = sys.stdin.buffer.read()
+        open(board, "wb").write(data)
         with open(os.environ["KIMI_CUA_RECORD"], "a", encoding="utf-8") as f:
             f.write(json.dumps(["xclip", sys.argv[1:], base64.b64encode(data).decode()]) + "\\n")
     '''))

@@ -71,11 +71,21 @@ def _run_typing(code: str) -> list[tuple[str, object]]:
     seen: list[tuple[str, object]] = []
     pg = types.SimpleNamespace(write=lambda t: seen.append(("write", t)), click=lambda **k: seen.append(("click", k)),
                                hotkey=lambda *k: seen.append(("hotkey", k)))
-    sp = types.SimpleNamespace(run=lambda cmd, input, **k: seen.append(("xclip", input)), DEVNULL=-3)
+    clipboard: list[bytes] = []
+
+    def run(cmd, input=None, **kwargs):  # xclip: -o reads back what the last input set (as its forked child serves it)
+        if "-o" in cmd:
+            return types.SimpleNamespace(stdout=clipboard[-1] if clipboard else b"")
+        clipboard.append(input)
+        seen.append(("xclip", input))
+
+    sp = types.SimpleNamespace(run=run, DEVNULL=-3)
+    tm = types.SimpleNamespace(sleep=lambda s: seen.append(("sleep", s)))
     real_import = __import__
+    fakes = {"subprocess": sp, "base64": base64, "time": tm}
 
     def fake_import(name, *args, **kwargs):
-        return sp if name == "subprocess" else base64 if name == "base64" else real_import(name, *args, **kwargs)
+        return fakes[name] if name in fakes else real_import(name, *args, **kwargs)
 
     exec(code, {"pyautogui": pg, "__builtins__": dict(__builtins__ if isinstance(__builtins__, dict)
                                                         else vars(__builtins__), __import__=fake_import)})
@@ -88,10 +98,11 @@ def test_text_never_appears_as_a_literal_and_decodes_exactly(text):
     code = to_pyautogui_code(TypeText(text=text))
     literals = [n.value for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
     assert all(set(v) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") or
-               v in ("xclip", "-selection", "clipboard", "utf-8", "surrogatepass", "ctrl", "v") for v in literals)
+               v in ("xclip", "-selection", "clipboard", "-o", "-t", "UTF8_STRING", "utf-8", "surrogatepass", "ctrl",
+                     "v") for v in literals)
     names = {ast.unparse(c.func) for c in ast.walk(ast.parse(code)) if isinstance(c, ast.Call)}
     if needs_clipboard(text):
-        assert names <= {"subprocess.run", "pyautogui.hotkey", "base64.b64decode"}
+        assert names <= {"subprocess.run", "pyautogui.hotkey", "base64.b64decode", "next", "range", "time.sleep"}
         assert _run_typing(code) == [("xclip", text.encode("utf-8", "surrogatepass")), ("hotkey", ("ctrl", "v"))]
     else:
         assert names <= {"pyautogui.write", "base64.b64decode", "base64.b64decode('%s').decode" % encode_text(text)}
@@ -101,6 +112,32 @@ def test_text_never_appears_as_a_literal_and_decodes_exactly(text):
 def test_typing_at_a_point_clicks_first():
     assert _run_typing(to_pyautogui_code(TypeText(text="abc", at=Point(x=3, y=4)))) == [
         ("click", {"x": 3, "y": 4}), ("write", "abc")]
+
+
+def test_a_paste_waits_until_the_clipboard_serves_the_text():
+    """xclip's forked child takes the selection after xclip returns: ctrl+v only once reading it back gives the text."""
+    import types
+
+    code = to_pyautogui_code(TypeText(text="a<b"))
+    events: list[object] = []
+    owned: list[bytes] = []
+    reads = iter([b"", b"old", b"a<b"])  # no owner yet, the previous text, then ours
+
+    def run(cmd, input=None, **kwargs):
+        if "-o" in cmd:
+            events.append("read")
+            return types.SimpleNamespace(stdout=next(reads))
+        owned.append(input)
+        events.append("xclip")
+
+    fakes = {"subprocess": types.SimpleNamespace(run=run, DEVNULL=-3),
+             "time": types.SimpleNamespace(sleep=lambda s: events.append("sleep"))}
+    real_import = __import__
+    exec(code, {"pyautogui": types.SimpleNamespace(hotkey=lambda *k: events.append(k)),
+                "__builtins__": dict(vars(__builtins__) if not isinstance(__builtins__, dict) else __builtins__,
+                                     __import__=lambda n, *a, **k: fakes.get(n) or real_import(n, *a, **k))})
+    assert owned == [b"a<b"]
+    assert events == ["xclip", "read", "sleep", "read", "sleep", "read", ("ctrl", "v")]
 
 
 @pytest.mark.parametrize("text", ["日本語", "a<b", "😀", "naïve"])

@@ -34,9 +34,13 @@ if ! "$PY" -c 'import torch, transformers' 2>/dev/null; then
   "$PY" -m pip install -q torch==2.13.0 'transformers>=4.48' accelerate tokenizers
 fi
 "$PY" -m pip install -q -e ".[test]"
+"$PY" -m compileall -q -j 0 agent actions envs prompts tests >/dev/null || true  # see install.sh
 bash scripts/install_vllm.sh
 bash scripts/install_osworld.sh
 export PATH="$(dirname "$PY"):$PATH"
+# Bytecode is written during the run (pytest's rewritten test modules, every Python the tests start): where
+# PYTHONDONTWRITEBYTECODE is set, each of the suite's hundreds of processes would compile its modules again.
+unset PYTHONDONTWRITEBYTECODE
 # 4 parallel workers (pytest-xdist; tests/conftest.py gives each its own displays and ports and keeps the real-vLLM
 # tests in one of them): most tests wait on X, apps and servers more than they compute. KIMI_CUA_TEST_WORKERS=1: serial.
 workers="${KIMI_CUA_TEST_WORKERS:-4}"

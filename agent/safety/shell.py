@@ -23,15 +23,21 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-import bashlex
-import bashlex.errors
-
 from agent.safety.programs import (COMPLETION, INJECTORS, POWER, PRIVILEGE, SHELLS, UNKNOWN, WIPERS, _WRAPPERS,
                                    _WRITERS_ALL, _WRITERS_LAST, Effect, FileNote, Finding, ProgramRules, Word,
                                    _file_key, _interp, _name, _RISKY_NAMES, _Stdin, judge_code)
 
 _RANK = {"allow": 0, "confirm": 1, "deny": 2}
 _MAX_DEPTH = 6
+
+
+def _bashlex():
+    """bashlex, imported when a line is first read: building its parser tables costs ~0.2 s, which every
+    ``kimi-cua`` command paid at start."""
+    import bashlex
+    import bashlex.errors
+
+    return bashlex
 
 
 @dataclass
@@ -403,7 +409,7 @@ class _Judge(ProgramRules):
             return text
         for _ in range(5):
             try:
-                nodes = bashlex.parse(_preprocess(text)[0])
+                nodes = _bashlex().parse(_preprocess(text)[0])
             except Exception:
                 return text
             spans = []
@@ -716,6 +722,7 @@ def _parse(text: str, judge: _Judge):
     if _trailing_backslash(pre):
         return None, False
     last_error: Exception | None = None
+    bashlex = _bashlex()
     for attempt in (pre, re.sub(r"\[\[|\]\]", lambda m: " [" if m.group() == "[[" else "] ", pre)):
         try:
             nodes = bashlex.parse(attempt)

@@ -41,8 +41,8 @@ export PATH="$(dirname "$PY"):$PATH"
 # Bytecode is written during the run (pytest's rewritten test modules, every Python the tests start): where
 # PYTHONDONTWRITEBYTECODE is set, each of the suite's hundreds of processes would compile its modules again.
 unset PYTHONDONTWRITEBYTECODE
-# 4 parallel workers (pytest-xdist; tests/conftest.py gives each its own displays and ports and keeps the real-vLLM
+# 2 parallel workers (pytest-xdist; tests/conftest.py gives each its own displays and ports and keeps the real-vLLM
 # tests in one of them): most tests wait on X, apps and servers more than they compute. KIMI_CUA_TEST_WORKERS=1: serial.
-workers="${KIMI_CUA_TEST_WORKERS:-4}"
+workers="${KIMI_CUA_TEST_WORKERS:-2}"
 if [ "$workers" = "1" ]; then exec "$PY" -m pytest -q tests "$@"; fi
 exec "$PY" -m pytest -q -n "$workers" --dist loadgroup tests "$@"

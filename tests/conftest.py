@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-# ---- parallel workers (pytest-xdist: scripts/test.sh runs `-n 4 --dist loadgroup`). Each worker is a session of its
+# ---- parallel workers (pytest-xdist: scripts/test.sh runs `-n 2 --dist loadgroup`). Each worker is a session of its
 # own: it takes X displays and TCP ports from ranges of its own, so two workers never race for one. Set before the
 # test modules are imported (tests/osworld_support.py reads its port range at import).
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")

@@ -535,12 +535,12 @@ def test_a_reply_that_uses_all_of_max_tokens_is_not_clamped():
 
 # ---- a deadline for the whole reply (issue 18 item 1) -------------------------------------------------------------
 @pytest.mark.parametrize("stream", [
-    [b": keep-alive"] * 400,  # a comment every 0.5 s for 200 s
+    [b": keep-alive"] * 400,  # a comment every 0.25 s for 100 s
     [chunk("◁think▷")] + [b": keep-alive"] * 400,  # the same after some output
 ], ids=["keep-alive-only", "keep-alive-after-output"])
 def test_keep_alive_comments_forever_end_at_the_deadline_then_the_normal_retry(stream):
     events: list[RetryEvent] = []
-    with FaultServer([Fault(stream=stream, pace=0.5), OK]) as server:
+    with FaultServer([Fault(stream=stream, pace=0.25), OK]) as server:  # 8 comments per read timeout: never idle 2 s
         reply = client_for(server, events=events, timeout=2.0).complete(HELLO, stream=True)
         assert len(server.requests) == 2
     assert reply.text == OK

@@ -344,6 +344,12 @@ class Agent:
             raise ValueError(f"{out_dir}/intent.jsonl is for step {intent.record.step}, but the trajectory ends at "
                              f"step {next_step - 1}: the run directory was changed by hand; remove intent.jsonl to "
                              "resume without it")
+        if intent is None and records:
+            # the last step was settled as interrupted by a resume that was itself killed before its next prompt:
+            # the model was maybe never told, so it is told now (telling it twice is harmless)
+            told = _settled_interrupted_note(records[-1])
+            if told:
+                self._notes.append(told)
         return next_step, intent
 
     def _settle_interrupted(self, intent: StepIntent, writer: TrajectoryWriter) -> int:
@@ -547,6 +553,14 @@ def _server_max_len(client: ModelClient) -> int | None:
 
 _INTERRUPTED = ("interrupted: the run was killed while this action ran; it may have run completely, partly or "
                 "not at all")
+
+
+def _settled_interrupted_note(record: StepRecord) -> str | None:
+    """The note of a recorded step whose in-flight action was marked interrupted (``_settle_interrupted``)."""
+    for index, result in enumerate(record.results or []):
+        if result.error == _INTERRUPTED:
+            return _interrupted_note(record.step, list(record.actions), index)
+    return None
 
 
 def _interrupted_note(step: int, actions: list[Action], finished: int) -> str:

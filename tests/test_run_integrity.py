@@ -172,6 +172,39 @@ def test_the_intent_holds_finished_actions_and_a_rerun_runs_only_the_rest(tmp_pa
     assert [r.ok for r in first.results] == [True, True] and any("run again" in n for n in first.notes)
 
 
+def test_the_model_is_told_of_an_interrupted_step_even_when_the_resume_that_settled_it_was_killed(tmp_path):
+    """benchmarks/kill_matrix.py found it: a resume settles the interrupted step (records it, drops the intent) and is
+    killed before its first prompt; the note lived only in that process, so the next resume never told the model,
+    which went on to the next item and left one undone."""
+    two = kimi_reply("Two clicks.", "pyautogui.click(x=0.1, y=0.1)\npyautogui.click(x=0.2, y=0.2)")
+
+    def die_on_second(desktop, action):
+        if len(desktop.executed) == 2:
+            raise Killed()
+
+    out = tmp_path / "run"
+    with LoopbackServer([two]) as server:
+        with pytest.raises(Killed):
+            Agent(MemoryDesktop(on_execute=die_on_second), VLLMClient(server.base_url, retries=0),
+                  AgentConfig(max_steps=3, out_dir=out)).run("two clicks")
+
+    class DiesBeforeAsking(VLLMClient):
+        def complete(self, *args, **kwargs):
+            raise Killed()
+
+    with LoopbackServer([DONE]) as server:
+        with pytest.raises(Killed):
+            Agent(MemoryDesktop(), DiesBeforeAsking(server.base_url, retries=0),
+                  AgentConfig(max_steps=3, out_dir=out)).run("two clicks", resume=True)
+    assert read_intent(out) is None and len(read_trajectory(out)) == 1  # settled, then killed before the prompt
+    with LoopbackServer([DONE]) as server:
+        result = Agent(MemoryDesktop(), VLLMClient(server.base_url, retries=0),
+                       AgentConfig(max_steps=3, out_dir=out)).run("two clicks", resume=True)
+        prompt = last_user_text(server.requests[0])
+    assert result.status == "done"
+    assert "Step 1 was interrupted" in prompt and "may have run completely, partly or not at all" in prompt, prompt
+
+
 def test_an_intent_whose_step_was_recorded_is_dropped_on_resume(tmp_path):
     out = tmp_path / "run"
     with LoopbackServer([CLICK, CLICK]) as server:

@@ -141,19 +141,23 @@ class Killed(BaseException):
     """Stands in for SIGKILL inside one process: nothing after the raise runs."""
 
 
-def test_the_intent_holds_finished_actions_and_a_rerun_runs_only_the_rest(tmp_path):
+def _killed_on_the_second_click(out: Path) -> None:
+    """A run whose one step clicks twice, killed while the second click runs (its intent is left behind)."""
     two = kimi_reply("Two clicks.", "pyautogui.click(x=0.1, y=0.1)\npyautogui.click(x=0.2, y=0.2)")
 
     def die_on_second(desktop, action):
         if len(desktop.executed) == 2:
             raise Killed()
 
-    out = tmp_path / "run"
     with LoopbackServer([two]) as server:
-        agent = Agent(MemoryDesktop(on_execute=die_on_second), VLLMClient(server.base_url, retries=0),
-                      AgentConfig(max_steps=3, out_dir=out))
         with pytest.raises(Killed):
-            agent.run("two clicks")
+            Agent(MemoryDesktop(on_execute=die_on_second), VLLMClient(server.base_url, retries=0),
+                  AgentConfig(max_steps=3, out_dir=out)).run("two clicks")
+
+
+def test_the_intent_holds_finished_actions_and_a_rerun_runs_only_the_rest(tmp_path):
+    out = tmp_path / "run"
+    _killed_on_the_second_click(out)
     intent = read_intent(out)
     assert intent is not None and intent.finished == 1 and read_trajectory(out) == []
 
@@ -176,17 +180,8 @@ def test_the_model_is_told_of_an_interrupted_step_even_when_the_resume_that_sett
     """benchmarks/kill_matrix.py found it: a resume settles the interrupted step (records it, drops the intent) and is
     killed before its first prompt; the note lived only in that process, so the next resume never told the model,
     which went on to the next item and left one undone."""
-    two = kimi_reply("Two clicks.", "pyautogui.click(x=0.1, y=0.1)\npyautogui.click(x=0.2, y=0.2)")
-
-    def die_on_second(desktop, action):
-        if len(desktop.executed) == 2:
-            raise Killed()
-
     out = tmp_path / "run"
-    with LoopbackServer([two]) as server:
-        with pytest.raises(Killed):
-            Agent(MemoryDesktop(on_execute=die_on_second), VLLMClient(server.base_url, retries=0),
-                  AgentConfig(max_steps=3, out_dir=out)).run("two clicks")
+    _killed_on_the_second_click(out)
 
     class DiesBeforeAsking(VLLMClient):
         def complete(self, *args, **kwargs):

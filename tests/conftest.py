@@ -19,6 +19,12 @@ if _WORKER.startswith("gw") and _WORKER[2:].isdigit():
     os.environ.setdefault("KIMI_CUA_TEST_PORT_HIGH", str(8519 + 20 * _K))
     os.environ.setdefault("KIMI_CUA_VLLM_PORTS", f"{8300 + 20 * _K}-{8319 + 20 * _K}")  # else 8100-8119
 
+# One OpenMP thread in every process of the run (the real vLLM servers, the in-process transformers backend, the
+# baseline's OCR): two workers already keep both cores busy, and an idle OpenMP thread spins on a core while it waits.
+# Measured on a vLLM test server (tests/real_vllm.py) generating 800 tokens: 20.4 CPU-s with the default, 11.9 CPU-s
+# with OMP_NUM_THREADS=1, the same wall time. Set before anything imports torch or starts a server.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Tests that must run in one worker, one after the other (xdist_group, honoured by `--dist loadgroup`):
 # "real_vllm": every test of a real vLLM server (the schedule below starts each server once, in that worker);
 # "fixed_x": the attack corpus and the sandbox tests, which use fixed displays (:70-:78) and ports (8180-8189).

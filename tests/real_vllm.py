@@ -15,7 +15,7 @@ Use a session fixture (registered in tests/conftest.py)::
 - ``real_vllm_agent`` (``AGENT``): the agent loop's (tests/test_agent_real_vllm.py), max_model_len 4352 and an
   encoder cache as big (one 4K screenshot fits), in_token_limit 16384, at most 2 images.
 
-A vLLM start costs 50-150 s on 2 cores. Each shared server is started once (``POOL``): tests/conftest.py starts it in
+A vLLM start costs 30-60 s on 2 cores (more on a busy machine). Each shared server is started once (``POOL``): tests/conftest.py starts it in
 a background thread ahead of the first test that needs it, as soon as fewer than two servers run (counting the
 `kimi-cua serve` of tests/models/test_serve_real_vllm.py), and stops it right after the last test that uses it.
 
@@ -212,7 +212,7 @@ class VllmServer:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the server's own process group (api server, engine core, worker), then SIGKILL."""
+        """SIGTERM the server's own process group (api server, engine core), then SIGKILL."""
         if self.process.poll() is not None and not _group_alive(self.process.pid):
             return
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):

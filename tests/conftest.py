@@ -78,7 +78,8 @@ def app(xdisplay, tmp_path):
     yield state
     proc.terminate()
     proc.wait(timeout=5)
-from tests.real_vllm import own_vllm_server, real_vllm, real_vllm_agent, real_vllm_limited  # noqa: F401,E402
+from tests.real_vllm import own_vllm_server, real_vllm, real_vllm_limited  # noqa: F401,E402
+from tests.kimi_cua_serve import kimi_cua_serve  # noqa: F401,E402  (registers `kimi-cua serve` in POOL)
 from tests.real_vllm import POOL  # noqa: E402
 
 # ---- the real vLLM servers: each started once, ahead of its first test, stopped after its last, two at most at once.
@@ -100,11 +101,13 @@ def _needs_vllm(item) -> bool:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(session, config, items) -> None:
-    """The agent-loop run (its own server) goes last: its server can then start while the tests of the others run,
-    instead of waiting for a free slot between them. In a parallel run, the real-vLLM tests come first (their worker,
-    the longest, then starts at once) and each test that must share a worker gets its group."""
+    """The tests of `kimi-cua serve` (serve's own and the agent loop's) go last, the one that stops it with SIGINT
+    (marked ``stops_its_server``) the very last: that server then starts while the tests of the others run, instead
+    of waiting for a free slot between them. In a parallel run, the real-vLLM tests come first (their worker, the
+    longest, then starts at once) and each test that must share a worker gets its group."""
     items.sort(key=lambda item: (bool(_WORKER) and not _needs_vllm(item),
-                                 "real_vllm_agent" in getattr(item, "fixturenames", ())))
+                                 "kimi_cua_serve" in getattr(item, "fixturenames", ()),
+                                 item.get_closest_marker("stops_its_server") is not None))
     for item in items:
         if _needs_vllm(item):
             item.add_marker(pytest.mark.xdist_group("real_vllm"))

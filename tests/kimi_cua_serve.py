@@ -23,9 +23,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.real_vllm import POOL, free_port, require_vllm_python, tiny_model
+from tests.real_vllm import POOL, PROJECT_ROOT, _shared_server, free_port, require_vllm_python, tiny_model
 
-PROJECT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 900.0  # a cold start on a busy 2-core machine has taken 7 minutes
 SERVED_MODEL = "kimi-vl-thinking-2506"  # the name `kimi-cua serve` gives the model it serves
 SERVE = {"max_model_len": 4352, "max_images": 2, "in_token_limit": 16384}
@@ -82,7 +81,7 @@ def start_served(work: Path, cancel: threading.Event) -> Served:
                '--vllm-arg=--structured-outputs-config={"enable_in_reasoning": true}']
     started = time.monotonic()
     with (work / "out").open("wb") as out, (work / "err").open("wb") as err:
-        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=PROJECT, env=env)
+        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=PROJECT_ROOT, env=env)
     server = Served(proc, port, work / "out", work / "err", work / "vllm.log", 0.0, model.path)
     try:
         while "vLLM is ready" not in server.out.read_text():
@@ -103,14 +102,7 @@ POOL.register("kimi_cua_serve", start_served)
 
 @pytest.fixture(scope="session")
 def kimi_cua_serve(tmp_path_factory) -> Iterator[Served]:
-    """`kimi-cua serve` (``SERVE``), shared by the session; stopped after its last test (tests/conftest.py runs the
-    test that stops it with SIGINT last of all its tests)."""
-    require_vllm_python()
-    server = POOL.get("kimi_cua_serve", tmp_path_factory)
-    print(f"\nkimi-cua serve: vLLM ready in {server.start_seconds:.1f} s", file=sys.stderr)
-    try:
-        yield server
-    finally:
-        if server.proc.poll() is None:
-            server.stop(signal.SIGTERM)
-        POOL.stop("kimi_cua_serve")
+    """`kimi-cua serve` (``SERVE``), shared by the session like the servers of tests/real_vllm.py; its start time is
+    in the run's "real vLLM servers" summary. tests/conftest.py runs the test that stops it with SIGINT last of all
+    its tests."""
+    yield from _shared_server("kimi_cua_serve", tmp_path_factory)
